@@ -1,0 +1,627 @@
+"""CandleCkpt: the framework-agnostic checkpoint engine.
+
+It glues the validated parameters, the pure policies, the layout and the commit
+protocol. Backends subclass it and implement three hooks:
+
+- ``capture_state()`` (training thread): copy what must be saved into host memory;
+- ``write_state(snapshot, sink)``: write that snapshot's files through a FileSink and
+  return the name of the main model file;
+- ``load_state(directory, info)``: restore from a validated checkpoint directory.
+
+Keeping capture separate from writing is what lets a save run in the background.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from . import params as _params
+from .commit import Committer, FileSink, acquire_lock, release_lock
+from .errors import (
+    CheckpointCorruptError,
+    CheckpointNotFoundError,
+    CheckpointWriteError,
+    CkptError,
+    CkptParamError,
+)
+from .integrity import DEFAULT_ALGORITHM, DISABLED, checksum_file, verify_checkpoint
+from .layout import INFO_FILE, Layout, read_info_file
+from .params import ParamType
+from .policy import best_direction, epochs_to_delete, is_improvement, should_save
+
+FORMAT_VERSION = 1
+_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+_log_setup_guard = threading.Lock()
+
+
+def _file_logger(path: Path) -> logging.Logger:
+    """One logger and one FileHandler per ckpt.log, however many engines use it."""
+    key = os.path.realpath(path)
+    logger = logging.getLogger("candle_ckpt.file." + key.replace(".", "_"))
+    with _log_setup_guard:
+        if not logger.handlers:
+            handler = logging.FileHandler(key, encoding="utf-8")
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", _TIME_FORMAT)
+            )
+            logger.addHandler(handler)
+            logger.setLevel(logging.DEBUG)
+            logger.propagate = False
+    return logger
+
+
+def _console_logger(verbose: bool) -> logging.Logger:
+    """The shared "DEFAULT" console logger (stdout, one handler, no propagation)."""
+    logger = logging.getLogger("candle_ckpt")
+    with _log_setup_guard:
+        if not logger.handlers:
+            import sys
+
+            handler = logging.StreamHandler(sys.stdout)
+            handler.setFormatter(logging.Formatter("ckpt: %(message)s"))
+            logger.addHandler(handler)
+            logger.propagate = False
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    return logger
+
+
+class CandleCkpt:
+    """Checkpoint/restart engine configured by CANDLE hyperparameters.
+
+    Args:
+        gParameters: dict or argparse.Namespace with the ``ckpt_*`` keys and ``epochs``.
+        logger: "DEFAULT" (console), None (no console) or a ``logging.Logger``.
+            Every operation is also appended to ``<ckpt_directory>/ckpt.log``.
+        verbose: console verbosity of the default logger.
+
+    Raises:
+        CkptParamError: a hyperparameter is invalid (nothing is written then).
+    """
+
+    backend_name = "none"
+
+    def __init__(self, gParameters: Any = None, logger: Any = "DEFAULT", verbose: bool = True):
+        self.verbose = verbose
+        self.scan_params(gParameters)
+        self._check_directory()
+        self.layout = Layout.ours(self.settings.directory)
+        self._ckpt_log = _file_logger(self.layout.log_file)
+        if logger == "DEFAULT":
+            self._console: logging.Logger | None = _console_logger(verbose)
+        elif logger is None:
+            self._console = None
+        elif isinstance(logger, logging.Logger):
+            self._console = logger
+        else:
+            raise CkptParamError(
+                f"logger: value {logger!r} is not accepted; give 'DEFAULT', None or a "
+                "logging.Logger"
+            )
+        self.committer = Committer(self.layout, self.info)
+        self.direction = best_direction(self.save_best_metric, self.settings.save_best_mode)
+        self.epoch_best: int | None = None
+        self.epochs: list[int] = []  # written by this engine: the keep policy's scope
+        self.epoch_restarted: int | None = None
+        self.timestamp_last: float | None = None
+        self.restart_info: dict[str, Any] | None = None
+        self.cksum_model = DISABLED
+        self.time_saving = 0.0
+        self._lock_key: str | None = None
+        self._recovered = False
+        self._ensure_lock()
+        if self.restart_mode != "off" and self.settings.best_metric_last is None:
+            self._peek_best()
+        self.report_initial()
+
+    # ----------------------------------------------------------------- parameters
+    def scan_params(self, gParams: Any) -> None:
+        """Simply translate gParameters into instance fields (validating every one)."""
+        self.gParams = gParams
+        s = _params.read_settings(gParams)
+        self.settings = s
+        self.restart_mode = s.restart_mode
+        self.save_best = s.save_best
+        self.save_best_metric = s.save_best_metric
+        self.skip_epochs = s.skip_epochs
+        self.save_interval = s.save_interval
+        self.checksum_enabled = s.checksum
+        self.keep_mode = s.keep_mode
+        self.keep_limit = s.keep_limit
+        self.ckpt_directory = str(s.directory)
+        self.metadata = s.metadata
+        self.epoch_max = s.epochs
+        self.save_weights_only = s.save_weights_only
+        self.best_metric_last: float | None = s.best_metric_last
+
+    def _check_directory(self) -> None:
+        d = self.settings.directory
+        if d.exists() and not d.is_dir():
+            raise CkptParamError(
+                f"parameter 'ckpt_directory': value {str(d)!r} is a file; "
+                "give a directory (it is created if missing)"
+            )
+        probe = d if d.exists() else next((p for p in d.parents if p.exists()), Path("."))
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise CkptParamError(
+                f"parameter 'ckpt_directory': value {str(d)!r} is not writable "
+                f"({str(probe)!r} denies write access); give a writable directory"
+            )
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CkptParamError(
+                f"parameter 'ckpt_directory': value {str(d)!r} cannot be created: {err}"
+            ) from err
+
+    def param(self, key: str, dflt: Any, type_: ParamType = ParamType.STRING,
+              allowed: Any = None) -> Any:
+        """Pull key from parameters with type checks and conversions."""
+        return _params.param(self.gParams, key, dflt, type_, allowed)
+
+    def param_allowed(self, key: str, value: Any, allowed: Any) -> None:
+        _params.param_allowed(key, value, allowed)
+
+    def param_type_check(self, key: str, value: Any, type_: ParamType) -> Any:
+        return _params.param_type_check(key, value, type_)
+
+    def param_type_check_bool(self, key: str, value: Any) -> bool:
+        return _params.param_type_check_bool(key, value)
+
+    def param_type_check_int(self, key: str, value: Any, type_: ParamType) -> int:
+        return _params.param_type_check_int(key, value, type_)
+
+    def param_type_check_float(self, key: str, value: Any, type_: ParamType) -> float:
+        return _params.param_type_check_float(key, value, type_)
+
+    def enabled(self, key: str) -> bool:
+        return _params.enabled(self.gParams, key)
+
+    def disabled(self, key: str) -> bool:
+        return _params.disabled(self.gParams, key)
+
+    # ----------------------------------------------------------------- logging
+    def info(self, message: str) -> None:
+        self._ckpt_log.info(message)
+        if self._console is not None:
+            self._console.info(message)
+
+    def debug(self, message: str) -> None:
+        self._ckpt_log.debug(message)
+        if self._console is not None:
+            self._console.debug(message)
+
+    def warning(self, message: str) -> None:
+        self._ckpt_log.warning(message)
+        if self._console is not None:
+            self._console.warning(message)
+
+    def relpath(self, p: Any) -> Path:
+        """If Path p is relative to CWD, relativize it and return it."""
+        p = Path(os.path.abspath(p))  # abspath, not resolve: keep last/best as named
+        try:
+            return p.relative_to(os.path.abspath(os.getcwd()))
+        except ValueError:
+            return p
+
+    def report_initial(self) -> None:
+        """Simply report that we are ready to run."""
+        s = self.settings
+        self.info(
+            f"checkpointing into {self.relpath(s.directory)}: restart_mode={s.restart_mode} "
+            f"save_best={s.save_best} metric={s.save_best_metric!r} "
+            f"({self.direction.mode}; {self.direction.reason}) interval={s.save_interval} "
+            f"skip={s.skip_epochs} keep={s.keep_mode}/{s.keep_limit} checksum={s.checksum} "
+            f"backend={self.backend_name}"
+        )
+
+    def report_final(self) -> None:
+        self.info(
+            f"checkpoints written this run: {len(self.epochs)}"
+            f" (epochs {', '.join(map(str, self.epochs)) or 'none'}); best epoch "
+            f"{self.epoch_best} {self.save_best_metric}={self.best_metric_last}; "
+            f"time saving {self.time_saving:.3f}s"
+        )
+
+    # ----------------------------------------------------------------- lock
+    def _ensure_lock(self) -> None:
+        if self._lock_key is None:
+            self._lock_key = acquire_lock(self.layout)
+        if not self._recovered:
+            self._recovered = True
+            self.committer.recover()
+
+    def close(self) -> None:
+        """Release the checkpoint directory (taken again by the next save or restart)."""
+        key, self._lock_key = getattr(self, "_lock_key", None), None
+        if key is not None:
+            release_lock(key)
+
+    def __enter__(self) -> CandleCkpt:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+    def on_train_end(self, logs: Any = None) -> None:
+        self.report_final()
+        self.close()
+
+    # ----------------------------------------------------------------- backend hooks
+    def capture_state(self) -> Any:
+        """Copy the state to save into host memory (training thread)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement capture_state")
+
+    def write_state(self, snapshot: Any, sink: FileSink) -> str:
+        """Write a captured state's files; return the main model file's name."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement write_state")
+
+    def load_state(self, directory: Path, info: dict[str, Any]) -> None:
+        """Restore the state from a validated checkpoint directory."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement load_state")
+
+    def state_metadata(self) -> dict[str, Any]:
+        """Extra fields for ckpt-info.json (e.g. what the checkpoint holds)."""
+        return {}
+
+    def attach_model(self, model: Any) -> None:
+        """Hook: restart(model) hands the model here."""
+
+    # ----------------------------------------------------------------- saving
+    def save_check_best(self, epoch: int, direction: str, metric_value: Any) -> bool:
+        """Is ``metric_value`` a new best (does not record it)?"""
+        if not self.save_best:
+            return False
+        return is_improvement(_as_float(metric_value), self.best_metric_last, direction)
+
+    def save_check(self, epoch: int, direction: str, metric_value: Any) -> bool:
+        """Should the (1-based) epoch be saved? Records a new best when it is one."""
+        is_best = self.save_check_best(epoch, direction, metric_value)
+        decision = should_save(
+            epoch,
+            epochs_total=self.epoch_max,
+            skip_epochs=self.skip_epochs,
+            save_interval=self.save_interval,
+            save_best=self.save_best,
+            is_new_best=is_best,
+        )
+        if not decision.save:
+            self.debug(f"epoch {epoch}: not saving ({decision.reason})")
+            return False
+        if is_best:
+            self.best_metric_last = _as_float(metric_value)
+            self.epoch_best = epoch
+        self.debug(f"epoch {epoch}: saving ({decision.reason})")
+        return True
+
+    def ckpt_epoch(self, epoch: int, direction: str | None = None,
+                   metric_value: Any = None) -> bool:
+        """Checkpoint the 0-based ``epoch`` just completed, if the policies say so.
+
+        Procedure: 1. write the state to ckpts/work 2. rename it to ckpts/epochs/NNN
+        3. if best, link ckpts/best to it 4. link ckpts/last to it 5. apply the keep
+        policy. Returns True when a checkpoint was written.
+        """
+        epoch_now = int(epoch) + 1
+        if direction is None:
+            direction = self.direction.sign
+        if direction not in ("+", "-"):
+            raise CkptParamError(
+                f"direction: value {direction!r} is not allowed; accepted: '+', '-'"
+            )
+        self._ensure_lock()
+        best_before = (self.best_metric_last, self.epoch_best)
+        if not self.save_check(epoch_now, direction, metric_value):
+            return False
+        is_best = self.epoch_best == epoch_now and best_before[1] != epoch_now
+        try:
+            snapshot = self.capture_state()
+            self._commit(epoch_now, snapshot, _as_float(metric_value), is_best)
+        except BaseException:
+            self.best_metric_last, self.epoch_best = best_before
+            raise
+        return True
+
+    def _commit(self, epoch: int, snapshot: Any, metric_value: float | None,
+                is_best: bool) -> None:
+        start = time.perf_counter()
+        work = self.committer.new_work()
+        try:
+            self.write_model(work, epoch, snapshot=snapshot, metric_value=metric_value)
+            dir_this = self.committer.publish(epoch, work)
+        except OSError as err:
+            shutil.rmtree(work, ignore_errors=True)
+            raise CheckpointWriteError(
+                err.errno,
+                f"saving epoch {epoch} into {work} failed: {err.strerror or err}; "
+                "earlier checkpoints and 'last' are untouched",
+                err.filename,
+            ) from err
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        if is_best:
+            self.symlink(dir_this, self.layout.best)
+        self.symlink(dir_this, self.layout.last)
+        if epoch in self.epochs:
+            self.epochs.remove(epoch)
+        self.epochs.append(epoch)
+        elapsed = time.perf_counter() - start
+        self.time_saving += elapsed
+        self.info(f"epoch {epoch}: saved {self.relpath(dir_this)} in {elapsed:.3f}s"
+                  + (" (best)" if is_best else ""))
+        self.clean(epoch)
+
+    def write_model(self, dir_work: Any, epoch: int, snapshot: Any = None,
+                    metric_value: float | None = None) -> dict[str, Any]:
+        """Do the I/O into ``dir_work``: the backend's files, then ckpt-info.json last."""
+        dir_work = Path(dir_work)
+        if snapshot is None:
+            snapshot = self.capture_state()
+        algorithm = DEFAULT_ALGORITHM if self.checksum_enabled else None
+        sink = FileSink(dir_work, algorithm)
+        start = time.perf_counter()
+        model_file = self.write_state(snapshot, sink)
+        files = sink.finish()
+        if model_file not in files:
+            raise CheckpointWriteError(
+                0, f"backend reported model file {model_file!r} that it did not write"
+            )
+        nbytes = sum(f["size"] for f in files.values())
+        self.debug(f"epoch {epoch}: wrote {len(files)} file(s), {nbytes} bytes in "
+                   f"{time.perf_counter() - start:.3f}s")
+        self.cksum_model = files[model_file].get("checksum", DISABLED)
+        return self.write_json(dir_work / INFO_FILE, epoch, model_file=model_file,
+                               files=files, metric_value=metric_value)
+
+    def write_json(self, jsonfile: Any, epoch: int, model_file: str | None = None,
+                   files: dict[str, Any] | None = None,
+                   metric_value: float | None = None) -> dict[str, Any]:
+        """Write the strict ckpt-info.json of a checkpoint (fsynced)."""
+        now = time.time()
+        elapsed: Any = "__FIRST__" if self.timestamp_last is None else round(
+            now - self.timestamp_last, 6)
+        self.timestamp_last = now
+        info: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "epoch": epoch,
+            "save_best_metric": self.save_best_metric,
+            "best_metric_last": self.best_metric_last,
+            "epoch_best": self.epoch_best,
+            "best_mode": self.direction.mode,
+            "metric_value": metric_value,
+            "model_file": model_file,
+            "checksum": self.cksum_model,
+            "checksum_algorithm": DEFAULT_ALGORITHM if self.checksum_enabled else None,
+            "files": files or {},
+            "timestamp": datetime.fromtimestamp(now).strftime(_TIME_FORMAT),
+            "time_elapsed": elapsed,
+            "metadata": self.metadata,
+            "backend": self.backend_name,
+        }
+        info.update(self.state_metadata())
+        self.committer.write_info(Path(jsonfile), info)
+        return info
+
+    def checksum(self, dir_work: Any) -> str:
+        """Simple checksum dispatch: the model file's checksum, or "__DISABLED__"."""
+        if not self.checksum_enabled:
+            self.cksum_model = DISABLED
+            return DISABLED
+        info = read_info_file(Path(dir_work) / INFO_FILE)
+        self.cksum_model = self.checksum_file(Path(dir_work) / str(info.get("model_file")))
+        return self.cksum_model
+
+    def checksum_file(self, filename: Any) -> str:
+        """Read file, compute checksum, return it as a string."""
+        return checksum_file(filename, DEFAULT_ALGORITHM)
+
+    def symlink(self, src: Any, dst: Any) -> None:
+        """Like os.symlink, but relative, atomic (os.replace) and logged."""
+        src, dst = Path(src), Path(dst)
+        epoch = int(src.name)
+        self.committer.point(dst.name, epoch)
+        self.debug(f"linked {self.relpath(dst)} -> {self.layout.pointer_text(epoch)}")
+
+    # ----------------------------------------------------------------- keep policy
+    def _protected(self) -> set[int]:
+        protected = set()
+        for name in ("last", "best"):
+            p = self.layout.read_pointer(name)
+            if p.epoch is not None:
+                protected.add(p.epoch)
+        if self.epoch_restarted is not None:
+            protected.add(self.epoch_restarted)
+        return protected
+
+    def keep(self, epoch: int, epoch_now: int, kept: int) -> bool:
+        """The original linear rule: keep the newest, the best, and up to keep_limit."""
+        return epoch == epoch_now or epoch == self.epoch_best or kept < self.keep_limit
+
+    def clean(self, epoch_now: int) -> tuple[int, int]:
+        """Delete this run's old checkpoints per the keep policy; (kept, deleted)."""
+        doomed = epochs_to_delete(self.keep_mode, self.keep_limit, self.epochs, epoch_now,
+                                  self.epoch_best, self._protected())
+        for epoch in doomed:
+            self.delete(epoch)
+        return len(self.epochs), len(doomed)
+
+    def delete(self, epoch: int) -> None:
+        self.debug(f"deleting epoch {epoch} (keep policy {self.keep_mode}/{self.keep_limit})")
+        self.committer.delete_epoch(epoch)
+        if epoch in self.epochs:
+            self.epochs.remove(epoch)
+
+    # ----------------------------------------------------------------- restart
+    def restart_json(self, directory: Any) -> dict[str, Any]:
+        """Read a checkpoint directory's ckpt-info.json."""
+        path = Path(directory) / INFO_FILE
+        try:
+            return read_info_file(path)
+        except (OSError, ValueError) as err:
+            raise CheckpointCorruptError(f"{path}: cannot be read: {err}") from err
+
+    def _restart_layout(self) -> tuple[Layout | None, int | None, str]:
+        """Where restart would start: (layout, epoch last points to, diagnosis)."""
+        root = self.settings.directory
+        layout = Layout.for_restart(root)
+        if layout is None:
+            return None, None, f"no 'last' in {root}/ckpts or {root}"
+        p = layout.read_pointer("last")
+        if p.kind in ("directory", "other", "file") and p.epoch is None and not (
+            p.problem or "").startswith("dangling"):
+            raise CheckpointCorruptError(
+                f"{p.path}: {p.problem}; refusing to guess. Point it at a checkpoint with "
+                f"'candle-ckpt rollback {root} EPOCH'"
+            )
+        if p.problem and p.problem.startswith("escapes"):
+            raise CheckpointCorruptError(
+                f"{p.path}: {p.problem}; refusing to load it. Point it at a checkpoint with "
+                f"'candle-ckpt rollback {root} EPOCH'"
+            )
+        if p.epoch is None:
+            return layout, None, f"{p.path}: {p.problem}"
+        if p.reanchored:
+            self.info(f"{p.path} -> {p.raw} dangles (the tree was moved); re-anchored to "
+                      f"{layout.epoch_dir(p.epoch)}")
+        return layout, p.epoch, "ok"
+
+    def _no_checkpoint(self, why: str, skipped: list[dict[str, Any]]) -> None:
+        root = self.settings.directory
+        complete = sorted(set(Layout.ours(root).complete_epochs())
+                          | set(Layout.flat(root).complete_epochs()))
+        listing = ", ".join(map(str, complete)) if complete else "none"
+        message = (f"no checkpoint to restart from ({why}); complete checkpoints on disk: "
+                   f"{listing}")
+        if complete:
+            message += (f". To resume from one, run 'candle-ckpt rollback {root} EPOCH' "
+                        "(or re-link ckpts/last to epochs/NNN) and restart")
+        if self.restart_mode == "required":
+            self.warning(message)
+            raise CheckpointNotFoundError(
+                f"ckpt_restart_mode='required' but {message}"
+                + ("; skipped: " + "; ".join(f"epoch {s['epoch']}: {s['reason']}"
+                                             for s in skipped) if skipped else "")
+            )
+        self.info(message + "; starting from scratch")
+
+    def _peek_best(self) -> None:
+        """Read best_metric_last/epoch_best from the checkpoint restart would use."""
+        try:
+            layout, epoch, _ = self._restart_layout()
+        except CkptError:
+            return
+        if layout is None or epoch is None:
+            return
+        try:
+            info = layout.read_info(epoch)
+        except (OSError, ValueError):
+            return
+        self._adopt_best(layout, info)
+
+    def _adopt_best(self, layout: Layout, info: dict[str, Any]) -> None:
+        if self.settings.best_metric_last is not None:
+            return
+        self.best_metric_last = _as_float(info.get("best_metric_last"))
+        epoch_best = info.get("epoch_best")
+        if epoch_best is None and "format_version" not in info:
+            epoch_best = layout.read_pointer("best").epoch  # original CANDLE: from the link
+        self.epoch_best = epoch_best if isinstance(epoch_best, int) else None
+
+    def restart(self, model: Any = None, verbose: bool = True) -> dict[str, Any] | None:
+        """Restart from ``last`` per ckpt_restart_mode; the info dict, or None.
+
+        Raises:
+            CheckpointNotFoundError: mode "required" and no usable checkpoint.
+            CheckpointCorruptError: ``last`` escapes the tree or is not a link.
+        """
+        if model is not None:
+            self.attach_model(model)
+        if self.restart_mode == "off":
+            self.info("ckpt_restart_mode='off': not restarting")
+            return None
+        self._ensure_lock()
+        layout, epoch, why = self._restart_layout()
+        skipped: list[dict[str, Any]] = []
+        if layout is None or epoch is None:
+            self._no_checkpoint(why, skipped)
+            return None
+        candidates = [epoch] + [e for e in reversed(layout.complete_epochs()) if e < epoch]
+        for candidate in candidates:
+            directory = layout.epoch_dir(candidate)
+            reason = self._try_load(layout, candidate, verbose)
+            if reason is None:
+                assert self.restart_info is not None
+                J = dict(self.restart_info)
+                J["restarted_from"] = str(directory)
+                J["skipped"] = skipped
+                return J
+            skipped.append({"epoch": candidate, "path": str(directory), "reason": reason})
+            self.warning(f"not restarting from {directory}: {reason}")
+        self._no_checkpoint("every checkpoint failed validation", skipped)
+        return None
+
+    def _try_load(self, layout: Layout, epoch: int, verbose: bool) -> str | None:
+        """Validate and load one checkpoint; None on success, else why it was skipped."""
+        directory = layout.epoch_dir(epoch)
+        try:
+            info = layout.read_info(epoch)
+        except FileNotFoundError:
+            return f"{INFO_FILE} missing (incomplete checkpoint)"
+        except (OSError, ValueError) as err:
+            return f"{INFO_FILE} unparsable: {err}"
+        if info.get("epoch") != epoch:
+            return f"{INFO_FILE} says epoch {info.get('epoch')!r}, directory is {epoch}"
+        problems = verify_checkpoint(directory, info, self.checksum_enabled)
+        if problems:
+            return "; ".join(problems)
+        if self.checksum_enabled and not _has_checksums(info):
+            self.warning(f"{directory} was written without checksums; verified sizes only")
+        try:
+            self.load_state(directory, info)
+        except Exception as err:  # a framework refusing the file is corruption to us
+            return f"loading failed: {type(err).__name__}: {err}"
+        self.restart_info = info
+        self.epoch_restarted = epoch
+        self._adopt_best(layout, info)
+        if verbose:
+            self.info(f"restarted from {self.relpath(directory)} (epoch {epoch}; "
+                      f"{self.save_best_metric} best={self.best_metric_last} "
+                      f"at epoch {self.epoch_best})")
+        return None
+
+    def build_model(self, model_file: Any) -> None:
+        """Load the state from a checkpoint's model file (its directory's files)."""
+        directory = Path(model_file).parent
+        self.load_state(directory, self.restart_json(directory))
+
+
+def _has_checksums(info: dict[str, Any]) -> bool:
+    files = info.get("files")
+    if isinstance(files, dict) and files:
+        return all(isinstance(f, dict) and "checksum" in f for f in files.values())
+    return isinstance(info.get("checksum"), str) and info.get("checksum") != DISABLED
+
+
+def _as_float(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        raise CkptParamError(
+            f"metric_value: value {value!r} is not a number; pass the epoch's metric"
+        ) from None
+    return result

@@ -1,0 +1,333 @@
+"""CANDLE checkpoint hyperparameters: types, conversion, validation, argparse/defs glue."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from .errors import CkptParamError, CkptParamTypeError
+
+
+class ParamType(Enum):
+    """Possible gParameters types (same member values as the original CANDLE)."""
+
+    STRING = 1
+    BOOLEAN = 2
+    INTEGER = 3
+    INTEGER_NN = 4  # non-negative
+    INTEGER_GZ = 5  # greater than zero
+    FLOAT = 6
+    FLOAT_NN = 7  # non-negative
+
+
+class ParamRequired:
+    """Indicates that the user params must contain this key."""
+
+    def __repr__(self) -> str:
+        return "ParamRequired()"
+
+
+_TRUE = {"true", "t", "yes", "y", "on", "1"}
+_FALSE = {"false", "f", "no", "n", "off", "0"}
+
+
+def _get(gParameters: Any, key: str) -> tuple[bool, Any]:
+    """Look a key up in a dict or an argparse.Namespace; (present, value)."""
+    if gParameters is None:
+        return False, None
+    if isinstance(gParameters, Mapping):
+        if key in gParameters:
+            return True, gParameters[key]
+        return False, None
+    if hasattr(gParameters, key):
+        return True, getattr(gParameters, key)
+    return False, None
+
+
+def param_type_check_bool(key: str, value: Any) -> bool:
+    """Convert a bool-like value ("true", "0", 1, ...) to bool."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise CkptParamTypeError(
+        f"parameter {key!r}: value {value!r} is not a boolean; "
+        f"accepted: true/false, 1/0, yes/no, on/off"
+    )
+
+
+def param_type_check_int(key: str, value: Any, type_: ParamType) -> int:
+    """Convert to int and check the sign constraint of ``type_``."""
+    result: int
+    if isinstance(value, bool):
+        raise CkptParamTypeError(f"parameter {key!r}: value {value!r} is a boolean, not an integer")
+    if isinstance(value, int):
+        result = value
+    elif isinstance(value, float) and value.is_integer():
+        result = int(value)
+    elif isinstance(value, str):
+        try:
+            result = int(value.strip())
+        except ValueError:
+            raise CkptParamTypeError(
+                f"parameter {key!r}: value {value!r} is not an integer"
+            ) from None
+    else:
+        raise CkptParamTypeError(f"parameter {key!r}: value {value!r} is not an integer")
+    if type_ == ParamType.INTEGER_NN and result < 0:
+        raise CkptParamError(f"parameter {key!r}: value {result} must be an integer >= 0")
+    if type_ == ParamType.INTEGER_GZ and result <= 0:
+        raise CkptParamError(f"parameter {key!r}: value {result} must be an integer > 0")
+    return result
+
+
+def param_type_check_float(key: str, value: Any, type_: ParamType) -> float:
+    """Convert to float and check the sign constraint of ``type_``."""
+    if isinstance(value, bool):
+        raise CkptParamTypeError(f"parameter {key!r}: value {value!r} is a boolean, not a number")
+    try:
+        result = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise CkptParamTypeError(f"parameter {key!r}: value {value!r} is not a number") from None
+    if type_ == ParamType.FLOAT_NN and not result >= 0:
+        raise CkptParamError(f"parameter {key!r}: value {result} must be a number >= 0")
+    return result
+
+
+def param_type_check(key: str, value: Any, type_: ParamType) -> Any:
+    """Check that value is convertible to ``type_`` and return it converted.
+
+    Raises:
+        CkptParamTypeError: (a TypeError, as the original) when it is not convertible.
+        CkptParamError: when it converts but violates the type's range.
+    """
+    if value is None:
+        return None
+    if type_ == ParamType.STRING:
+        if isinstance(value, (str, Path)):
+            return str(value)
+        raise CkptParamTypeError(f"parameter {key!r}: value {value!r} is not a string")
+    if type_ == ParamType.BOOLEAN:
+        return param_type_check_bool(key, value)
+    if type_ in (ParamType.INTEGER, ParamType.INTEGER_NN, ParamType.INTEGER_GZ):
+        return param_type_check_int(key, value, type_)
+    if type_ in (ParamType.FLOAT, ParamType.FLOAT_NN):
+        return param_type_check_float(key, value, type_)
+    raise CkptParamError(f"parameter {key!r}: unknown ParamType {type_!r}")
+
+
+def param_allowed(key: str, value: Any, allowed: Sequence[Any] | None) -> None:
+    """Check that the value is one of ``allowed`` (no check when ``allowed`` is None)."""
+    if allowed is None or value in allowed:
+        return
+    choices = ", ".join(repr(a) for a in allowed)
+    raise CkptParamError(f"parameter {key!r}: value {value!r} is not allowed; accepted: {choices}")
+
+
+def param(
+    gParameters: Any,
+    key: str,
+    dflt: Any,
+    type_: ParamType = ParamType.STRING,
+    allowed: Sequence[Any] | None = None,
+) -> Any:
+    """Pull key from parameters with type checks and conversions.
+
+    A key that is absent, or present with the value None, takes the default ``dflt``;
+    if ``dflt`` is a :class:`ParamRequired`, that is an error.
+    """
+    present, value = _get(gParameters, key)
+    if not present or value is None:
+        if isinstance(dflt, ParamRequired) or dflt is ParamRequired:
+            raise CkptParamError(f"parameter {key!r} is required but was not given")
+        value = dflt
+    result = param_type_check(key, value, type_)
+    param_allowed(key, result, allowed)
+    return result
+
+
+def enabled(gParameters: Any, key: str) -> bool:
+    """Is this parameter set to True?"""
+    present, value = _get(gParameters, key)
+    return present and value is not None and param_type_check_bool(key, value)
+
+
+def disabled(gParameters: Any, key: str) -> bool:
+    """Is this parameter set to False?"""
+    present, value = _get(gParameters, key)
+    return present and value is not None and not param_type_check_bool(key, value)
+
+
+# ---------------------------------------------------------------------------------------
+# The checkpoint hyperparameters: one table drives validation, argparse and defs.
+
+RESTART_MODES = ("off", "auto", "required")
+KEEP_MODES = ("linear", "exponential", "all")
+BEST_MODES = ("auto", "min", "max")
+
+
+@dataclass(frozen=True)
+class _Def:
+    name: str
+    type_: ParamType
+    default: Any
+    help: str
+    allowed: tuple[Any, ...] | None = None
+
+
+CKPT_PARAMS: tuple[_Def, ...] = (
+    _Def("ckpt_restart_mode", ParamType.STRING, "auto",
+         "Restart from the last checkpoint: off | auto | required", RESTART_MODES),
+    _Def("ckpt_save_best", ParamType.BOOLEAN, True,
+         "Save whenever ckpt_save_best_metric improves"),
+    _Def("ckpt_save_best_metric", ParamType.STRING, "val_loss",
+         "Metric (any key in the epoch's logs) tracked for the best checkpoint"),
+    _Def("ckpt_save_best_mode", ParamType.STRING, "auto",
+         "Direction of the best metric: auto | min | max", BEST_MODES),
+    _Def("ckpt_skip_epochs", ParamType.INTEGER_NN, 0,
+         "Number of initial epochs to skip before writing checkpoints"),
+    _Def("ckpt_save_interval", ParamType.INTEGER_NN, 1,
+         "Save every N epochs; 0 disables interval and final-epoch saves"),
+    _Def("ckpt_checksum", ParamType.BOOLEAN, False,
+         "Store checksums of every file and verify them at restart"),
+    _Def("ckpt_keep_mode", ParamType.STRING, "linear",
+         "Which old checkpoints of this run to keep: linear | exponential | all", KEEP_MODES),
+    _Def("ckpt_keep_limit", ParamType.INTEGER_GZ, 1000000,
+         "Maximal number of checkpoints of this run to keep"),
+    _Def("ckpt_directory", ParamType.STRING, "./save", "Top directory for checkpoints"),
+    _Def("ckpt_metadata", ParamType.STRING, None,
+         "Arbitrary string stored in every ckpt-info.json (job ID, host, ...)"),
+    _Def("ckpt_save_weights_only", ParamType.BOOLEAN, False,
+         "Save model weights without optimizer state"),
+    _Def("ckpt_best_metric_last", ParamType.FLOAT, None,
+         "Initial best metric value (default: read from the checkpoint restarted from)"),
+    _Def("ckpt_async", ParamType.BOOLEAN, False,
+         "Write checkpoints in a background thread (the training thread only copies state)"),
+)
+
+
+@dataclass(frozen=True)
+class CkptSettings:
+    """The validated checkpoint hyperparameters of one run."""
+
+    restart_mode: str
+    save_best: bool
+    save_best_metric: str
+    save_best_mode: str
+    skip_epochs: int
+    save_interval: int
+    checksum: bool
+    keep_mode: str
+    keep_limit: int
+    directory: Path
+    metadata: str | None
+    epochs: int | None
+    save_weights_only: bool
+    best_metric_last: float | None
+    async_save: bool
+
+
+def read_settings(gParameters: Any, *, epochs_required: bool = True) -> CkptSettings:
+    """Validate every checkpoint hyperparameter of ``gParameters``.
+
+    Raises:
+        CkptParamError: naming the first bad key, its value and what is accepted.
+    """
+    if gParameters is not None and not isinstance(gParameters, (Mapping, argparse.Namespace)):
+        raise CkptParamError(
+            f"gParameters: {type(gParameters).__name__} is not accepted; "
+            "pass a dict or an argparse.Namespace"
+        )
+    v = {d.name: param(gParameters, d.name, d.default, d.type_, d.allowed) for d in CKPT_PARAMS}
+    if v["ckpt_metadata"] is None:  # the older name
+        v["ckpt_metadata"] = param(gParameters, "metadata", None, ParamType.STRING)
+    epochs = param(
+        gParameters, "epochs", ParamRequired() if epochs_required else None, ParamType.INTEGER_NN
+    )
+    directory = v["ckpt_directory"]
+    if not directory or not directory.strip():
+        raise CkptParamError(
+            f"parameter 'ckpt_directory': value {directory!r} is empty; give a directory path"
+        )
+    best_last = v["ckpt_best_metric_last"]
+    if best_last is not None and math.isnan(best_last):
+        raise CkptParamError(
+            "parameter 'ckpt_best_metric_last': value nan is not accepted; give a number"
+        )
+    metric = v["ckpt_save_best_metric"]
+    if v["ckpt_save_best"] and not metric:
+        raise CkptParamError(
+            "parameter 'ckpt_save_best_metric': value '' is empty; "
+            "it is required when ckpt_save_best is true"
+        )
+    return CkptSettings(
+        restart_mode=v["ckpt_restart_mode"],
+        save_best=v["ckpt_save_best"],
+        save_best_metric=metric,
+        save_best_mode=v["ckpt_save_best_mode"],
+        skip_epochs=v["ckpt_skip_epochs"],
+        save_interval=v["ckpt_save_interval"],
+        checksum=v["ckpt_checksum"],
+        keep_mode=v["ckpt_keep_mode"],
+        keep_limit=v["ckpt_keep_limit"],
+        directory=Path(directory).expanduser(),
+        metadata=v["ckpt_metadata"],
+        epochs=epochs,
+        save_weights_only=v["ckpt_save_weights_only"],
+        best_metric_last=best_last,
+        async_save=v["ckpt_async"],
+    )
+
+
+def _str2bool(text: str) -> bool:
+    try:
+        return param_type_check_bool("<argument>", text)
+    except CkptParamError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _argparse_type(type_: ParamType) -> Any:
+    if type_ == ParamType.BOOLEAN:
+        return _str2bool
+    if type_ in (ParamType.INTEGER, ParamType.INTEGER_NN, ParamType.INTEGER_GZ):
+        return int
+    if type_ in (ParamType.FLOAT, ParamType.FLOAT_NN):
+        return float
+    return str
+
+
+def ckpt_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the checkpoint hyperparameters to an argparse parser and return it."""
+    for d in CKPT_PARAMS:
+        kwargs: dict[str, Any] = {
+            "type": _argparse_type(d.type_),
+            "default": d.default,
+            "help": f"{d.help} (default: {d.default!r})",
+        }
+        if d.allowed is not None:
+            kwargs["choices"] = list(d.allowed)
+        parser.add_argument("--" + d.name, **kwargs)
+    return parser
+
+
+def ckpt_defs(defs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return ``defs`` extended with CANDLE parameter definitions for the checkpoint keys."""
+    new_defs = []
+    for d in CKPT_PARAMS:
+        entry: dict[str, Any] = {
+            "name": d.name,
+            "type": _argparse_type(d.type_),
+            "default": d.default,
+            "help": d.help,
+        }
+        if d.allowed is not None:
+            entry["choices"] = list(d.allowed)
+        new_defs.append(entry)
+    return list(defs) + new_defs

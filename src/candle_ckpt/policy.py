@@ -1,0 +1,165 @@
+"""Pure checkpoint decisions: save or not, best or not, which checkpoints to keep.
+
+Nothing here touches the disk or a clock; every function takes plain values and returns
+a decision, so the rules can be tested exhaustively.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .errors import CkptParamError
+
+# Names that grow when the model improves; matched as whole words of the metric name
+# (split on "_" and digits), so "val_accuracy", "auc_2", "f1_score" all count.
+_MAX_WORDS = {
+    "acc", "accuracy", "auc", "precision", "recall", "f1", "fmeasure", "fbeta", "r2",
+    "iou", "miou", "dice", "score", "map", "top", "topk", "ndcg", "psnr", "ssim",
+    "correlation", "corr", "pearson", "spearman", "kappa", "mcc", "coverage",
+}
+
+
+@dataclass(frozen=True)
+class Direction:
+    """Which way the best metric improves: ``sign`` is "+" (max) or "-" (min)."""
+
+    sign: str
+    reason: str
+
+    @property
+    def mode(self) -> str:
+        return "max" if self.sign == "+" else "min"
+
+
+def best_direction(metric: str, mode: str) -> Direction:
+    """Direction of ``metric`` under ``ckpt_save_best_mode`` ("auto", "min" or "max")."""
+    if mode == "min":
+        return Direction("-", "ckpt_save_best_mode='min'")
+    if mode == "max":
+        return Direction("+", "ckpt_save_best_mode='max'")
+    if mode != "auto":
+        raise CkptParamError(
+            f"parameter 'ckpt_save_best_mode': value {mode!r} is not allowed; "
+            "accepted: 'auto', 'min', 'max'"
+        )
+    words = [w for w in re.split(r"[^a-z]+", metric.lower()) if w]
+    if any(w in _MAX_WORDS for w in words):
+        return Direction("+", f"auto: {metric!r} looks like an accuracy-like metric (max)")
+    return Direction("-", f"auto: {metric!r} treated as a loss-like metric (min)")
+
+
+def is_improvement(value: float | None, best: float | None, sign: str) -> bool:
+    """Is ``value`` better than ``best``? NaN and infinities are never best."""
+    if sign not in ("+", "-"):
+        raise CkptParamError(f"direction: value {sign!r} is not allowed; accepted: '+', '-'")
+    if value is None or not math.isfinite(value):
+        return False
+    if best is None or not math.isfinite(best):
+        return True
+    return value > best if sign == "+" else value < best
+
+
+@dataclass(frozen=True)
+class SaveDecision:
+    save: bool
+    reason: str
+
+
+def should_save(
+    epoch: int,
+    *,
+    epochs_total: int | None,
+    skip_epochs: int,
+    save_interval: int,
+    save_best: bool,
+    is_new_best: bool,
+) -> SaveDecision:
+    """Should the (1-based) ``epoch`` just completed be saved?
+
+    Rules, in order: epochs ``<= skip_epochs`` are never saved; a new best is saved when
+    ``save_best``; with ``save_interval > 0`` every multiple of it and the final epoch
+    are saved; ``save_interval == 0`` disables interval and final-epoch saves.
+    """
+    if epoch <= skip_epochs:
+        return SaveDecision(False, f"epoch {epoch} <= ckpt_skip_epochs={skip_epochs}")
+    if save_best and is_new_best:
+        return SaveDecision(True, "new best")
+    if save_interval > 0:
+        if epoch % save_interval == 0:
+            return SaveDecision(True, f"interval {save_interval}")
+        if epochs_total is not None and epoch == epochs_total:
+            return SaveDecision(True, "final epoch")
+        return SaveDecision(False, f"not on interval {save_interval}")
+    return SaveDecision(False, "ckpt_save_interval=0")
+
+
+def epochs_to_keep(
+    mode: str,
+    keep_limit: int,
+    run_epochs: Iterable[int],
+    epoch_now: int,
+    epoch_best: int | None,
+    protected: Iterable[int] = (),
+) -> set[int]:
+    """Which of this run's checkpoints to keep after ``epoch_now`` was committed.
+
+    ``run_epochs`` are the epochs this run wrote (including ``epoch_now``). The newest
+    (``epoch_now``), the best and ``protected`` ones (e.g. the target of ``last``) are
+    always kept.
+
+    - "all": keep everything.
+    - "linear" (the original rule): walk newest to oldest; keep the newest, the best,
+      and any while fewer than ``keep_limit`` have been kept (the best counts).
+    - "exponential": keep the newest; of older ones keep the newest in each age band
+      [2^k, 2^(k+1)) epochs back from ``epoch_now``; then drop the oldest while more
+      than ``keep_limit`` remain.
+    """
+    if keep_limit <= 0:
+        raise CkptParamError(f"parameter 'ckpt_keep_limit': value {keep_limit} must be > 0")
+    epochs = sorted(set(run_epochs), reverse=True)
+    always = {epoch_now} | set(protected) | ({epoch_best} if epoch_best is not None else set())
+    always &= set(epochs) | {epoch_now}
+    if mode == "all":
+        return set(epochs) | always
+    if mode == "linear":
+        kept: set[int] = set()
+        for e in epochs:
+            if e in always or len(kept) < keep_limit:
+                kept.add(e)
+        return kept | always
+    if mode == "exponential":
+        newest_in_band: dict[int, int] = {}
+        for e in epochs:
+            age = epoch_now - e
+            if age <= 0:
+                continue  # epoch_now itself, or newer than now: kept via `always` / below
+            band = age.bit_length() - 1  # age in [2^band, 2^(band+1))
+            if band not in newest_in_band or e > newest_in_band[band]:
+                newest_in_band[band] = e
+        kept = set(newest_in_band.values()) | {e for e in epochs if e >= epoch_now} | always
+        for e in sorted(kept):  # oldest first
+            if len(kept) <= keep_limit:
+                break
+            if e not in always:
+                kept.discard(e)
+        return kept
+    raise CkptParamError(
+        f"parameter 'ckpt_keep_mode': value {mode!r} is not allowed; "
+        "accepted: 'linear', 'exponential', 'all'"
+    )
+
+
+def epochs_to_delete(
+    mode: str,
+    keep_limit: int,
+    run_epochs: Sequence[int],
+    epoch_now: int,
+    epoch_best: int | None,
+    protected: Iterable[int] = (),
+) -> list[int]:
+    """The complement of :func:`epochs_to_keep` within ``run_epochs``, oldest first."""
+    keep = epochs_to_keep(mode, keep_limit, run_epochs, epoch_now, epoch_best, protected)
+    return sorted(set(run_epochs) - keep)
