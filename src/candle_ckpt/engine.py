@@ -90,6 +90,12 @@ class CandleCkpt:
     def __init__(self, gParameters: Any = None, logger: Any = "DEFAULT", verbose: bool = True):
         self.verbose = verbose
         self.scan_params(gParameters)
+        if not (logger == "DEFAULT" or logger is None or isinstance(logger, logging.Logger)):
+            # Checked before the directory is created: a bad argument writes nothing.
+            raise CkptParamError(
+                f"logger: value {logger!r} is not accepted; give 'DEFAULT', None or a "
+                "logging.Logger"
+            )
         self._check_directory()
         self.layout = Layout.ours(self.settings.directory)
         self._ckpt_log = _file_logger(self.layout.log_file)
@@ -97,13 +103,8 @@ class CandleCkpt:
             self._console: logging.Logger | None = _console_logger(verbose)
         elif logger is None:
             self._console = None
-        elif isinstance(logger, logging.Logger):
-            self._console = logger
         else:
-            raise CkptParamError(
-                f"logger: value {logger!r} is not accepted; give 'DEFAULT', None or a "
-                "logging.Logger"
-            )
+            self._console = logger
         self.committer = Committer(self.layout, self.info)
         self.direction = best_direction(self.save_best_metric, self.settings.save_best_mode)
         self.epoch_best: int | None = None
@@ -114,6 +115,7 @@ class CandleCkpt:
         self.cksum_model = DISABLED
         self.time_saving = 0.0
         self._lock_key: str | None = None
+        self._pending: _Pending | None = None
         self._recovered = False
         self._ensure_lock()
         if self.restart_mode != "off" and self.settings.best_metric_last is None:
@@ -238,10 +240,16 @@ class CandleCkpt:
             self.committer.recover()
 
     def close(self) -> None:
-        """Release the checkpoint directory (taken again by the next save or restart)."""
-        key, self._lock_key = getattr(self, "_lock_key", None), None
-        if key is not None:
-            release_lock(key)
+        """Wait for a background save, then release the checkpoint directory.
+
+        The directory is taken again by the next save or restart.
+        """
+        try:
+            self.wait()
+        finally:
+            key, self._lock_key = getattr(self, "_lock_key", None), None
+            if key is not None:
+                release_lock(key)
 
     def __enter__(self) -> CandleCkpt:
         return self
@@ -256,12 +264,20 @@ class CandleCkpt:
             pass
 
     def on_train_end(self, logs: Any = None) -> None:
-        self.report_final()
-        self.close()
+        """Wait for a background save (raising its error), report, release the lock."""
+        try:
+            self.wait()
+        finally:
+            self.report_final()
+            self.close()
 
     # ----------------------------------------------------------------- backend hooks
     def capture_state(self) -> Any:
-        """Copy the state to save into host memory (training thread)."""
+        """Copy the state to save into host memory (training thread).
+
+        Called only when no save is in flight, so a backend may reuse the buffers of
+        its previous snapshot (memory stays bounded at one extra copy).
+        """
         raise NotImplementedError(f"{type(self).__name__} does not implement capture_state")
 
     def write_state(self, snapshot: Any, sink: FileSink) -> str:
@@ -322,23 +338,69 @@ class CandleCkpt:
                 f"direction: value {direction!r} is not allowed; accepted: '+', '-'"
             )
         self._ensure_lock()
+        self.wait()  # at most one save in flight; capture may reuse the previous buffers
         best_before = (self.best_metric_last, self.epoch_best)
         if not self.save_check(epoch_now, direction, metric_value):
             return False
         is_best = self.epoch_best == epoch_now and best_before[1] != epoch_now
         try:
             snapshot = self.capture_state()
-            self._commit(epoch_now, snapshot, _as_float(metric_value), is_best)
+            if self.settings.async_save:
+                self._start_background(epoch_now, snapshot, _as_float(metric_value), is_best,
+                                       best_before)
+            else:
+                self._commit(epoch_now, snapshot, _as_float(metric_value), is_best)
         except BaseException:
             self.best_metric_last, self.epoch_best = best_before
             raise
         return True
 
+    def _start_background(self, epoch: int, snapshot: Any, metric_value: float | None,
+                          is_best: bool, best_before: tuple[float | None, int | None]) -> None:
+        """Run the whole commit protocol on one writer thread (``ckpt_async``)."""
+        pending = _Pending(epoch, best_before)
+
+        def write() -> None:
+            try:
+                self._commit(epoch, snapshot, metric_value, is_best)
+            except BaseException as err:  # reported by the next call into the engine
+                pending.error = err
+                self.warning(f"epoch {epoch}: background save failed: {err}")
+
+        # Not a daemon: interpreter exit waits for the checkpoint to become durable.
+        pending.thread = threading.Thread(target=write, name=f"candle-ckpt-save-{epoch}")
+        self._pending = pending
+        pending.thread.start()
+
+    def wait(self) -> None:
+        """Wait for a background save to be committed; raise its error if it failed.
+
+        Raises:
+            CheckpointWriteError: the background save failed (earlier checkpoints and
+                ``last`` are untouched).
+        """
+        pending, self._pending = getattr(self, "_pending", None), None
+        if pending is None or pending.thread is None:
+            return
+        pending.thread.join()
+        err = pending.error
+        if err is None:
+            return
+        self.best_metric_last, self.epoch_best = pending.best_before
+        if isinstance(err, CkptError):
+            raise err
+        raise CheckpointWriteError(
+            getattr(err, "errno", None) or 0,
+            f"background save of epoch {pending.epoch} failed: {type(err).__name__}: {err}; "
+            "earlier checkpoints and 'last' are untouched",
+        ) from err
+
     def _commit(self, epoch: int, snapshot: Any, metric_value: float | None,
                 is_best: bool) -> None:
         start = time.perf_counter()
-        work = self.committer.new_work()
+        work = self.layout.work
         try:
+            self.committer.new_work()
             self.write_model(work, epoch, snapshot=snapshot, metric_value=metric_value)
             dir_this = self.committer.publish(epoch, work)
         except OSError as err:
@@ -547,6 +609,7 @@ class CandleCkpt:
             CheckpointNotFoundError: mode "required" and no usable checkpoint.
             CheckpointCorruptError: ``last`` escapes the tree or is not a link.
         """
+        self.wait()
         if model is not None:
             self.attach_model(model)
         if self.restart_mode == "off":
@@ -606,6 +669,16 @@ class CandleCkpt:
         """Load the state from a checkpoint's model file (its directory's files)."""
         directory = Path(model_file).parent
         self.load_state(directory, self.restart_json(directory))
+
+
+class _Pending:
+    """A background save in flight."""
+
+    def __init__(self, epoch: int, best_before: tuple[float | None, int | None]) -> None:
+        self.epoch = epoch
+        self.best_before = best_before
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
 
 
 def _has_checksums(info: dict[str, Any]) -> bool:
