@@ -41,13 +41,32 @@ _TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 _log_setup_guard = threading.Lock()
 
 
+class _AppendHandler(logging.Handler):
+    """Appends each record to ckpt.log and closes it again.
+
+    Records are few (a handful per checkpoint), and holding no descriptor means a run
+    directory can be unmounted, moved or deleted while the process lives on.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(self.format(record) + "\n")
+        except OSError:
+            self.handleError(record)
+
+
 def _file_logger(path: Path) -> logging.Logger:
-    """One logger and one FileHandler per ckpt.log, however many engines use it."""
+    """One logger and one handler per ckpt.log, however many engines use it."""
     key = os.path.realpath(path)
     logger = logging.getLogger("candle_ckpt.file." + key.replace(".", "_"))
     with _log_setup_guard:
         if not logger.handlers:
-            handler = logging.FileHandler(key, encoding="utf-8")
+            handler = _AppendHandler(key)
             handler.setFormatter(
                 logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", _TIME_FORMAT)
             )
