@@ -1,0 +1,263 @@
+"""Checkpoint cost against the disk's own limit and the frameworks' plain save/load.
+
+Run on demand (not part of the test suite):
+
+    python benchmarks/bench_ckpt.py                      # ~25M and ~100M parameters
+    python benchmarks/bench_ckpt.py --params 5e6 --repeats 3
+
+Prints one table of medians; every row's ratio is against a baseline measured in the
+same run (named in the last column).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Row = tuple[str, int, float, float, str]
+
+
+def median_time(fn: Callable[[], Any], repeats: int, setup: Callable[[], Any] | None = None
+                ) -> float:
+    times = []
+    for _ in range(repeats):
+        if setup is not None:
+            setup()
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def raw_write(path: Path, nbytes: int) -> None:
+    """Sequential write of nbytes plus fsync: the physical limit of a durable save."""
+    chunk = memoryview(bytearray(os.urandom(1 << 20)) * 16)  # 16 MiB
+    left = nbytes
+    with open(path, "wb", buffering=0) as f:
+        while left > 0:
+            n = min(left, len(chunk))
+            f.write(chunk[:n])
+            left -= n
+        os.fsync(f.fileno())
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _g(d: Path, **kv: Any) -> dict[str, Any]:
+    g: dict[str, Any] = {"epochs": 1000000, "ckpt_directory": str(d),
+                         "ckpt_save_best": False, "ckpt_keep_limit": 1,
+                         "ckpt_restart_mode": "auto"}
+    g.update(kv)
+    return g
+
+
+class Bench:
+    def __init__(self, root: Path, repeats: int) -> None:
+        self.root = root
+        self.repeats = repeats
+        self.rows: list[Row] = []
+
+    def fresh(self, name: str) -> Path:
+        d = self.root / name
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        return d
+
+    def add(self, name: str, nbytes: int, seconds: float, base_name: str, base: float) -> None:
+        self.rows.append((name, nbytes, seconds, seconds / base if base else float("nan"),
+                          base_name))
+
+    def raw(self, nbytes: int) -> float:
+        d = self.fresh("raw")
+        return median_time(lambda: raw_write(d / "blob", nbytes), self.repeats,
+                           setup=lambda: (d / "blob").unlink(missing_ok=True))
+
+    def ours(self, label: str, make: Callable[[Path, dict[str, Any]], Any], nbytes_hint: int,
+             raw_s: float, plain_save: tuple[str, float], plain_load: tuple[str, float],
+             load_fn: Callable[[Any], Any]) -> None:
+        """Our sync save, checksum on, async stall, restart with/without verification."""
+        for checksum in (False, True):
+            d = self.fresh(f"{label}-sync-{checksum}")
+            ckpt = make(d, _g(d, ckpt_checksum=checksum))
+            epoch = [0]
+
+            def save(c: Any = ckpt) -> None:
+                c.ckpt_epoch(epoch[0], "-", 1.0)
+                epoch[0] += 1
+
+            t = median_time(save, self.repeats)
+            nbytes = dir_bytes(d / "ckpts/last/")
+            tag = "checksum on" if checksum else "sync"
+            self.add(f"{label}: candle-ckpt save ({tag}, durable)", nbytes, t, "raw write", raw_s)
+            self.add(f"{label}: candle-ckpt save ({tag}, durable)", nbytes, t, plain_save[0],
+                     plain_save[1])
+            if checksum:
+                self.add(f"{label}: checksum on vs off", nbytes, t, "candle-ckpt save (sync)",
+                         self._sync_s)
+            else:
+                self._sync_s = t
+            ckpt.close()
+            # restart from what was just written
+            r = make(d, _g(d, ckpt_checksum=checksum))
+            t = median_time(lambda r=r: load_fn(r), self.repeats)
+            tag = "checksum verified" if checksum else "sizes verified"
+            self.add(f"{label}: candle-ckpt restart ({tag})", nbytes, t, plain_load[0],
+                     plain_load[1])
+            r.close()
+        d = self.fresh(f"{label}-async")
+        ckpt = make(d, _g(d, ckpt_async=True))
+        stalls = []
+        for e in range(self.repeats + 1):
+            ckpt.wait()  # the previous background write is not part of the stall
+            gc.collect()
+            t0 = time.perf_counter()
+            ckpt.ckpt_epoch(e, "-", 1.0)
+            stalls.append(time.perf_counter() - t0)
+        ckpt.close()
+        stall = statistics.median(stalls[1:])  # the first capture allocates the buffers
+        self.add(f"{label}: candle-ckpt async stall", nbytes_hint, stall,
+                 "candle-ckpt save (sync)", self._sync_s)
+
+    def print(self, title: str) -> None:
+        print(f"\n{title}")
+        print(f"{'measurement':58} {'MB':>8} {'median s':>9} {'ratio':>7}  baseline")
+        for name, nbytes, s, ratio, base in self.rows:
+            print(f"{name:58} {nbytes / 1e6:8.1f} {s:9.3f} {ratio:7.2f}  {base}")
+
+
+def bench_torch(b: Bench, n_params: int) -> None:
+    import torch
+
+    import candle_ckpt as candle
+
+    torch.manual_seed(0)
+    width = 4096
+    rows = max(1, n_params // width)
+    model = torch.nn.Sequential(*[torch.nn.Linear(width, width, bias=False)
+                                  for _ in range(max(1, rows // width))])
+    extra = rows - width * len(model)
+    if extra > 0:
+        model.append(torch.nn.Linear(width, extra, bias=False))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(2, width)).sum().backward()
+    opt.step()
+    label = f"torch {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M"
+
+    d = b.fresh("torch-plain")
+
+    def plain_save() -> None:
+        path = d / "model.pt"
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, path)
+        fsync_file(path)
+
+    t_save = median_time(plain_save, b.repeats)
+    nbytes = (d / "model.pt").stat().st_size
+    raw_s = b.raw(nbytes)
+    b.add(f"{label}: raw write + fsync", nbytes, raw_s, "raw write", raw_s)
+    b.add(f"{label}: torch.save + fsync", nbytes, t_save, "raw write", raw_s)
+
+    def plain_load() -> None:
+        sd = torch.load(d / "model.pt", weights_only=True, map_location="cpu")
+        model.load_state_dict(sd["model"])
+        opt.load_state_dict(sd["optimizer"])
+
+    t_load = median_time(plain_load, b.repeats)
+    b.add(f"{label}: torch.load + load_state_dict", nbytes, t_load, "torch.load", t_load)
+
+    def make(dir_: Path, g: dict[str, Any]) -> Any:
+        c = candle.CandleCkptPyTorch(g, logger=None)
+        c.set_model({"model": model, "optimizer": opt})
+        return c
+
+    b.ours(label, make, nbytes, raw_s, ("torch.save + fsync", t_save),
+           ("torch.load", t_load), lambda c: c.restart(model))
+
+
+def bench_keras(b: Bench, n_params: int) -> None:
+    import keras
+    import numpy as np
+
+    import candle_ckpt as candle
+
+    width = 4096
+    layers = max(1, n_params // (width * width))
+    model = keras.Sequential([keras.Input((width,))]
+                             + [keras.layers.Dense(width, use_bias=False)
+                                for _ in range(layers)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    x = np.zeros((2, width), "float32")
+    model.train_on_batch(x, x)
+    label = f"keras {model.count_params() / 1e6:.0f}M"
+
+    d = b.fresh("keras-plain")
+    path = d / "model.weights.h5"
+
+    def plain_save() -> None:
+        model.save_weights(path)
+        fsync_file(path)
+
+    t_save = median_time(plain_save, b.repeats)
+    nbytes = path.stat().st_size
+    raw_s = b.raw(nbytes)
+    b.add(f"{label}: raw write + fsync", nbytes, raw_s, "raw write", raw_s)
+    b.add(f"{label}: model.save_weights + fsync", nbytes, t_save, "raw write", raw_s)
+    mc_path = d / "mc.weights.h5"
+    mc = keras.callbacks.ModelCheckpoint(str(mc_path), save_weights_only=True)
+    mc.set_model(model)
+    t_mc = median_time(lambda: mc.on_epoch_end(0, {"loss": 1.0}), b.repeats)
+    b.add(f"{label}: keras ModelCheckpoint (no fsync)", nbytes, t_mc, "raw write", raw_s)
+    t_load = median_time(lambda: model.load_weights(path), b.repeats)
+    b.add(f"{label}: model.load_weights", nbytes, t_load, "load_weights", t_load)
+
+    def make(dir_: Path, g: dict[str, Any]) -> Any:
+        c = candle.CandleCkptKeras(g, logger=None)
+        c.set_model(model)
+        return c
+
+    b.ours(label, make, nbytes, raw_s, ("model.save_weights + fsync", t_save),
+           ("load_weights", t_load), lambda c: c.restart(model))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="25e6,100e6",
+                    help="comma-separated parameter counts (default: 25e6,100e6)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--frameworks", default="torch,keras")
+    ap.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
+    args = ap.parse_args()
+    root = Path(args.dir or tempfile.mkdtemp(prefix="candle-ckpt-bench-"))
+    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, python "
+          f"{platform.python_version()}; writing to {root}; {args.repeats} repeats, medians")
+    b = Bench(root, args.repeats)
+    try:
+        for n in (int(float(p)) for p in args.params.split(",")):
+            for fw in args.frameworks.split(","):
+                {"torch": bench_torch, "keras": bench_keras}[fw](b, n)
+                shutil.rmtree(root, ignore_errors=True)
+                root.mkdir(parents=True, exist_ok=True)
+        b.print("candle-ckpt benchmark")
+    finally:
+        if args.dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
