@@ -98,7 +98,7 @@ class Bench:
             ckpt = make(d, _g(d, ckpt_checksum=checksum))
             epoch = [0]
 
-            def save(c: Any = ckpt) -> None:
+            def save(c: Any = ckpt, epoch: list[int] = epoch) -> None:
                 c.ckpt_epoch(epoch[0], "-", 1.0)
                 epoch[0] += 1
 
