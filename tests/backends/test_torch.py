@@ -1,0 +1,555 @@
+"""CandleCkptPyTorch with real torch: the CANDLE pattern, extra state, RNG, wrappers,
+safe loading, the original CANDLE torch checkpoints, and exact resume across processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+np = pytest.importorskip("numpy")
+
+from torch import nn  # noqa: E402
+
+import candle_ckpt as candle  # noqa: E402
+from candle_ckpt import CheckpointNotFoundError, CkptParamError  # noqa: E402
+from candle_ckpt.integrity import checksum_file  # noqa: E402
+
+HERE = Path(__file__).parent
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "original-candle"
+if not FIXTURES.is_dir():  # the tree may live elsewhere; the shared fixtures do not move
+    FIXTURES = Path("/work/shared/fixtures/original-candle")
+
+
+# ------------------------------------------------------------------------------ helpers
+def make_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 1))
+
+
+def train_steps(model: nn.Module, optimizer: Any, steps: int = 3) -> float:
+    x = torch.randn(16, 4)
+    y = x.sum(dim=1, keepdim=True)
+    loss = torch.zeros(())
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+    return float(loss.detach())
+
+
+def params_for(directory: Path, **extra: Any) -> dict[str, Any]:
+    return {"epochs": 10, "ckpt_directory": str(directory), **extra}
+
+
+def assert_same_state(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Two (nested) state dicts hold identical values, bit for bit."""
+    assert type(a) is type(b) or (isinstance(a, dict) and isinstance(b, dict))
+    assert list(a) == list(b)
+    for key in a:
+        va, vb = a[key], b[key]
+        if isinstance(va, torch.Tensor):
+            assert torch.equal(va, vb), key
+        elif isinstance(va, dict):
+            assert_same_state(va, vb)
+        elif isinstance(va, list) and va and isinstance(va[0], dict):
+            for ga, gb in zip(va, vb, strict=True):
+                assert_same_state(ga, gb)
+        else:
+            assert va == vb, key
+
+
+def new_ckpt(directory: Path, **extra: Any) -> Any:
+    return candle.CandleCkptPyTorch(params_for(directory, **extra), logger=None)
+
+
+# ------------------------------------------------------------------------------ CANDLE usage
+def test_candle_pattern_saves_model_pt_and_restarts_into_fresh_objects(tmp_path: Path) -> None:
+    model = make_net(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    ckpt = candle.CandleCkptPyTorch(params_for(tmp_path), logger=None)
+    ckpt.set_model({"model": model, "optimizer": optimizer})
+    J = ckpt.restart(model)
+    assert J is None  # nothing yet: start from scratch
+    for epoch in range(2):
+        loss = train_steps(model, optimizer)
+        assert ckpt.ckpt_epoch(epoch, torch.tensor(loss))  # a 0-d tensor is a fine metric
+    ckpt.on_train_end()
+
+    last = tmp_path / "ckpts" / "last"
+    info = json.loads((last / "ckpt-info.json").read_text())
+    assert info["epoch"] == 2 and info["model_file"] == "model.pt"
+    assert set(info["files"]) == {"model.pt"}
+    assert info["backend"] == "torch" and info["torch_version"] == torch.__version__
+    assert info["entries"] == ["model", "optimizer"]
+    assert {"torch", "numpy", "python"} <= set(info["rng_states"])
+    saved = torch.load(last / "model.pt", weights_only=True)
+    assert {"epoch", "model_state_dict", "optimizer_state_dict", "loss"} <= set(saved)
+
+    model2 = make_net(1)
+    optimizer2 = torch.optim.Adam(model2.parameters(), lr=1e-2)
+    ckpt2 = candle.CandleCkptPyTorch(params_for(tmp_path), logger=None)
+    ckpt2.set_model({"model": model2, "optimizer": optimizer2})
+    J = ckpt2.restart(model2)
+    assert J is not None and J["epoch"] == 2
+    assert_same_state(model2.state_dict(), model.state_dict())
+    assert_same_state(optimizer2.state_dict(), optimizer.state_dict())
+    ckpt2.close()
+
+
+def test_capture_copies_so_later_training_does_not_change_the_snapshot(tmp_path: Path) -> None:
+    model = make_net(0)
+    optimizer = torch.optim.Adam(model.parameters())
+    train_steps(model, optimizer, 1)
+    with new_ckpt(tmp_path) as ckpt:
+        ckpt.set_model({"model": model, "optimizer": optimizer})
+        snapshot = ckpt.capture_state()
+        before = {k: v.clone() for k, v in snapshot.payload["model_state_dict"].items()}
+        exp_avg = snapshot.payload["optimizer_state_dict"]["state"][0]["exp_avg"].clone()
+        train_steps(model, optimizer, 2)
+        assert_same_state(snapshot.payload["model_state_dict"], before)
+        assert torch.equal(snapshot.payload["optimizer_state_dict"]["state"][0]["exp_avg"],
+                           exp_avg)
+
+
+def test_background_save_writes_the_state_of_its_epoch(tmp_path: Path) -> None:
+    if not hasattr(candle.CandleCkpt, "wait"):
+        pytest.skip("this engine has no background saves")
+    model = make_net(0)
+    optimizer = torch.optim.Adam(model.parameters())
+    train_steps(model, optimizer, 1)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    with new_ckpt(tmp_path, ckpt_async=True) as ckpt:
+        ckpt.set_model({"model": model, "optimizer": optimizer})
+        ckpt.ckpt_epoch(0, 1.0)
+        with torch.no_grad():  # training goes on while the checkpoint is written
+            for p in model.parameters():
+                p.fill_(7.0)
+        ckpt.wait()
+    saved = torch.load(tmp_path / "ckpts" / "last" / "model.pt", weights_only=True)
+    assert_same_state(saved["model_state_dict"], expected)
+
+
+def test_set_model_names_the_missing_entries(tmp_path: Path) -> None:
+    model = make_net()
+    with new_ckpt(tmp_path) as ckpt:
+        with pytest.raises(CkptParamError, match="missing 'optimizer'"):
+            ckpt.set_model({"model": model})
+        with pytest.raises(CkptParamError, match="missing 'model' and 'optimizer'.*'net'"):
+            ckpt.set_model({"net": model})
+        with pytest.raises(CkptParamError, match="'model' must be a torch.nn.Module"):
+            ckpt.set_model({"model": object(), "optimizer": torch.optim.SGD(
+                model.parameters(), lr=0.1)})
+
+
+def test_restart_and_ckpt_epoch_before_set_model_raise_clearly(tmp_path: Path) -> None:
+    model = make_net()
+    with new_ckpt(tmp_path) as ckpt:
+        with pytest.raises(CkptParamError, match=r"call ckpt.set_model"):
+            ckpt.restart(model)
+        with pytest.raises(CkptParamError, match=r"call ckpt.set_model"):
+            ckpt.restart()
+        with pytest.raises(CkptParamError, match=r"call ckpt.set_model"):
+            ckpt.ckpt_epoch(0, 1.0)
+    assert not (tmp_path / "ckpts" / "last").exists()
+
+
+def test_restart_accepts_the_set_model_dict(tmp_path: Path) -> None:
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with new_ckpt(tmp_path) as ckpt:
+        assert ckpt.restart({"model": model, "optimizer": optimizer}) is None
+        assert ckpt.ckpt_epoch(0, 1.0)
+
+
+def test_restart_refuses_a_model_other_than_set_models(tmp_path: Path) -> None:
+    model = make_net()
+    with new_ckpt(tmp_path) as ckpt:
+        ckpt.set_model({"model": model, "optimizer": torch.optim.SGD(model.parameters(), 0.1)})
+        with pytest.raises(CkptParamError, match="not the one given to set_model"):
+            ckpt.restart(make_net())
+
+
+def test_state_weights_only_cannot_read_is_refused_at_set_model(tmp_path: Path) -> None:
+    class Custom:
+        pass
+
+    class Holder:
+        def state_dict(self) -> dict[str, Any]:
+            return {"thing": Custom()}
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            pass
+
+    model = make_net()
+    with new_ckpt(tmp_path) as ckpt:
+        with pytest.raises(CkptParamError, match=r"holder\['thing'\].*weights_only"):
+            ckpt.set_model({"model": model, "optimizer": torch.optim.SGD(
+                model.parameters(), lr=0.1), "holder": Holder()})
+
+
+def test_numpy_scalars_in_state_are_saved_as_python_numbers(tmp_path: Path) -> None:
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=np.float64(0.125))
+    with new_ckpt(tmp_path) as ckpt:
+        ckpt.set_model({"model": model, "optimizer": optimizer})
+        ckpt.ckpt_epoch(0, np.float32(1.5))
+    saved = torch.load(tmp_path / "ckpts" / "last" / "model.pt", weights_only=True)
+    lr = saved["optimizer_state_dict"]["param_groups"][0]["lr"]
+    assert type(lr) is float and lr == 0.125
+    assert saved["loss"] == 1.5
+
+
+def test_best_direction_follows_ckpt_save_best_mode(tmp_path: Path) -> None:
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for mode, values, best in (("auto", [3.0, 1.0, 2.0], 2), ("max", [3.0, 1.0, 2.0], 1)):
+        directory = tmp_path / mode
+        with new_ckpt(directory, ckpt_save_best_mode=mode) as ckpt:
+            ckpt.set_model({"model": model, "optimizer": optimizer})
+            for epoch, value in enumerate(values):
+                ckpt.ckpt_epoch(epoch, value)
+        assert os.readlink(directory / "ckpts" / "best") == f"epochs/{best:03d}"
+
+
+# ------------------------------------------------------------------------------ extra state
+def test_lr_scheduler_gradscaler_and_generators_are_saved_and_restored(tmp_path: Path) -> None:
+    def build(seed: int) -> dict[str, Any]:
+        model = make_net(seed)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        return {
+            "model": model,
+            "optimizer": optimizer,
+            "scheduler": torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5),
+            "scaler": torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3),
+            # A disabled scaler (CUDA AMP code on a CPU machine) has an empty state.
+            "cuda_scaler": torch.amp.GradScaler("cuda", enabled=False),
+            "generator": torch.Generator().manual_seed(seed),
+            "np_rng": np.random.default_rng(seed),
+            "py_rng": random.Random(seed),
+        }
+
+    run = build(0)
+    for _ in range(3):
+        train_steps(run["model"], run["optimizer"], 1)
+        run["scheduler"].step()
+    run["scaler"].scale(torch.tensor(1.0))  # the scaler's state exists once it has scaled
+    run["scaler"].update(new_scale=64.0)
+    run["generator"].seed()
+    run["np_rng"].random(5)
+    run["py_rng"].random()
+    with new_ckpt(tmp_path) as ckpt:
+        ckpt.set_model(run)
+        ckpt.ckpt_epoch(0, 1.0)
+    expected = {k: v.state_dict() for k, v in run.items() if hasattr(v, "state_dict")}
+    draws = (torch.rand(3, generator=run["generator"]), run["np_rng"].random(3),
+             run["py_rng"].random())
+
+    fresh = build(1)
+    with new_ckpt(tmp_path) as ckpt:
+        ckpt.set_model(fresh)
+        assert ckpt.restart(fresh["model"])["epoch"] == 1
+    for key, state in expected.items():
+        assert_same_state(fresh[key].state_dict(), state)
+    assert fresh["scheduler"].get_last_lr() == run["scheduler"].get_last_lr()
+    assert fresh["scaler"].get_scale() == 64.0
+    assert torch.equal(torch.rand(3, generator=fresh["generator"]), draws[0])
+    assert np.array_equal(fresh["np_rng"].random(3), draws[1])
+    assert fresh["py_rng"].random() == draws[2]
+
+
+def test_global_rng_states_are_restored(tmp_path: Path) -> None:
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    torch.manual_seed(7)
+    np.random.seed(7)
+    random.seed(7)
+    with new_ckpt(tmp_path) as ckpt:
+        ckpt.set_model({"model": model, "optimizer": optimizer})
+        ckpt.ckpt_epoch(0, 1.0)
+    expected = (torch.rand(4), np.random.random(4), np.random.normal(size=3), random.random())
+
+    torch.manual_seed(99)
+    np.random.seed(99)
+    random.seed(99)
+    with new_ckpt(tmp_path) as ckpt:
+        ckpt.set_model({"model": model, "optimizer": optimizer})
+        ckpt.restart(model)
+    got = (torch.rand(4), np.random.random(4), np.random.normal(size=3), random.random())
+    assert torch.equal(got[0], expected[0])
+    assert np.array_equal(got[1], expected[1]) and np.array_equal(got[2], expected[2])
+    assert got[3] == expected[3]
+
+
+# ------------------------------------------------------------------------------ wrappers
+def test_dataparallel_saves_the_inner_module_and_restarts_either_way(tmp_path: Path) -> None:
+    inner = make_net(0)
+    wrapped = nn.DataParallel(inner)
+    optimizer = torch.optim.Adam(wrapped.parameters())
+    train_steps(wrapped, optimizer, 2)
+    with new_ckpt(tmp_path) as ckpt:
+        ckpt.set_model({"model": wrapped, "optimizer": optimizer})
+        ckpt.ckpt_epoch(0, 1.0)
+    saved = torch.load(tmp_path / "ckpts" / "last" / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in saved["model_state_dict"])
+
+    plain = make_net(1)
+    plain_opt = torch.optim.Adam(plain.parameters())
+    with new_ckpt(tmp_path) as ckpt:
+        ckpt.set_model({"model": plain, "optimizer": plain_opt})
+        assert ckpt.restart(plain) is not None
+    assert_same_state(plain.state_dict(), inner.state_dict())
+    assert_same_state(plain_opt.state_dict(), optimizer.state_dict())
+
+    # And back: saved unwrapped, restarted into a wrapper (restart given the inner module).
+    with new_ckpt(tmp_path / "b") as ckpt:
+        ckpt.set_model({"model": plain, "optimizer": plain_opt})
+        ckpt.ckpt_epoch(0, 1.0)
+    rewrapped = nn.DataParallel(make_net(2))
+    with new_ckpt(tmp_path / "b") as ckpt:
+        ckpt.set_model({"model": rewrapped, "optimizer": torch.optim.Adam(
+            rewrapped.parameters())})
+        assert ckpt.restart(rewrapped.module) is not None
+    assert_same_state(rewrapped.module.state_dict(), inner.state_dict())
+
+
+def test_module_prefixed_state_from_other_code_loads_unwrapped(tmp_path: Path) -> None:
+    model = make_net(0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with new_ckpt(tmp_path) as ckpt:
+        ckpt.set_model({"model": model, "optimizer": optimizer})
+        ckpt.ckpt_epoch(0, 1.0)
+    wrapped_state = nn.DataParallel(model).state_dict()
+    assert all(k.startswith("module.") for k in wrapped_state)
+    _replace_model_file(tmp_path / "ckpts" / "epochs" / "001",
+                        {"model_state_dict": wrapped_state,
+                         "optimizer_state_dict": optimizer.state_dict()})
+    plain = make_net(1)
+    with new_ckpt(tmp_path, ckpt_restart_mode="required") as ckpt:
+        ckpt.set_model({"model": plain, "optimizer": torch.optim.SGD(plain.parameters(), 0.1)})
+        ckpt.restart(plain)
+    assert_same_state(plain.state_dict(), model.state_dict())
+
+
+def test_compiled_module_is_unwrapped() -> None:
+    from candle_ckpt.backends.torch import unwrap_module
+
+    inner = make_net()
+    compiled = torch.compile(inner)  # compiles lazily: nothing runs here
+    assert unwrap_module(nn.DataParallel(compiled)) is inner
+
+
+def test_distributed_data_parallel_saves_the_inner_module(tmp_path: Path) -> None:
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0,
+                            world_size=1)
+    try:
+        inner = make_net(0)
+        ddp = nn.parallel.DistributedDataParallel(inner)
+        optimizer = torch.optim.Adam(ddp.parameters())
+        train_steps(ddp, optimizer, 2)
+        with new_ckpt(tmp_path / "c") as ckpt:
+            ckpt.set_model({"model": ddp, "optimizer": optimizer})
+            ckpt.ckpt_epoch(0, 1.0)
+    finally:
+        dist.destroy_process_group()
+    plain = make_net(1)
+    with new_ckpt(tmp_path / "c") as ckpt:
+        ckpt.set_model({"model": plain, "optimizer": torch.optim.Adam(plain.parameters())})
+        assert ckpt.restart(plain) is not None
+    assert_same_state(plain.state_dict(), inner.state_dict())
+
+
+# ------------------------------------------------------------------------------ safety
+class _RunsCode:
+    """Unpickling this calls exec(): what a malicious checkpoint would carry."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+def _replace_model_file(epoch_dir: Path, payload: Any) -> None:
+    """Swap a checkpoint's model file and fix the manifest so only loading can object."""
+    model_file = epoch_dir / "model.pt"
+    model_file.unlink()
+    torch.save(payload, model_file)
+    info_file = epoch_dir / "ckpt-info.json"
+    info = json.loads(info_file.read_text())
+    entry: dict[str, Any] = {"size": model_file.stat().st_size}
+    if info["checksum_algorithm"]:
+        entry["checksum"] = info["checksum"] = checksum_file(model_file,
+                                                             info["checksum_algorithm"])
+    info["files"]["model.pt"] = entry
+    info_file.write_text(json.dumps(info))
+
+
+def test_checkpoint_crafted_to_run_code_is_not_executed(tmp_path: Path) -> None:
+    model = make_net(0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    directory = tmp_path / "save"
+    with new_ckpt(directory, ckpt_checksum=True) as ckpt:
+        ckpt.set_model({"model": model, "optimizer": optimizer})
+        ckpt.ckpt_epoch(0, 2.0)
+        good = {k: v.clone() for k, v in model.state_dict().items()}
+        train_steps(model, optimizer)
+        ckpt.ckpt_epoch(1, 1.0)
+    marker = tmp_path / "marker"
+    evil = {"model_state_dict": _RunsCode(marker), "optimizer_state_dict": {}}
+    _replace_model_file(directory / "ckpts" / "epochs" / "002", evil)
+
+    fresh = make_net(1)
+    with new_ckpt(directory, ckpt_checksum=True) as ckpt:
+        ckpt.set_model({"model": fresh, "optimizer": torch.optim.SGD(fresh.parameters(), 0.1)})
+        J = ckpt.restart(fresh)
+    assert not marker.exists()
+    assert J is not None and J["epoch"] == 1  # fell back to the older, clean checkpoint
+    assert [s["epoch"] for s in J["skipped"]] == [2]
+    assert "UnpicklingError" in J["skipped"][0]["reason"]
+    assert_same_state(fresh.state_dict(), good)
+
+    # Mode "required" with no clean checkpoint left: refused, still nothing executed.
+    shutil.rmtree(directory / "ckpts" / "epochs" / "001")
+    with new_ckpt(directory, ckpt_restart_mode="required") as ckpt:
+        ckpt.set_model({"model": fresh, "optimizer": torch.optim.SGD(fresh.parameters(), 0.1)})
+        with pytest.raises(CheckpointNotFoundError):
+            ckpt.restart(fresh)
+    assert not marker.exists()
+
+    # The payload is real: an unsafe load would have run it.
+    torch.load(directory / "ckpts" / "epochs" / "002" / "model.pt", weights_only=False)
+    assert marker.read_text() == "pwned"
+
+
+def test_a_checkpoint_that_does_not_fit_changes_nothing(tmp_path: Path) -> None:
+    """The model loads, the optimizer refuses: the model is rolled back, not half-restored."""
+    model = make_net(0)
+    optimizer = torch.optim.Adam(model.parameters())
+    train_steps(model, optimizer)
+    with new_ckpt(tmp_path) as ckpt:
+        ckpt.set_model({"model": model, "optimizer": optimizer})
+        ckpt.ckpt_epoch(0, 1.0)
+
+    fresh = make_net(1)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    groups = [{"params": list(fresh.parameters())[:2]}, {"params": list(fresh.parameters())[2:]}]
+    with new_ckpt(tmp_path) as ckpt:
+        ckpt.set_model({"model": fresh, "optimizer": torch.optim.Adam(groups)})
+        J = ckpt.restart(fresh)
+    assert J is None  # auto: the only checkpoint failed, start from scratch
+    assert_same_state(fresh.state_dict(), before)
+
+    other = nn.Sequential(nn.Linear(4, 3))
+    with new_ckpt(tmp_path, ckpt_restart_mode="required") as ckpt:
+        ckpt.set_model({"model": other, "optimizer": torch.optim.SGD(other.parameters(), 0.1)})
+        with pytest.raises(CheckpointNotFoundError, match="does not fit the model"):
+            ckpt.restart(other)
+
+
+# ------------------------------------------------------------------------------ original CANDLE
+def _copy_fixture(destination: Path) -> Path:
+    shutil.copytree(FIXTURES / "torch", destination)
+    for root, dirs, files in os.walk(destination):
+        for name in dirs + files:
+            path = Path(root) / name
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    destination.chmod(destination.stat().st_mode | stat.S_IWUSR)
+    for name in ("last", "best"):  # the original wrote absolute links
+        os.symlink(destination / "epochs" / "006", destination / name)
+    return destination
+
+
+def _legacy_objects() -> dict[str, Any]:
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 1))
+    return {"model": model, "optimizer": torch.optim.Adam(model.parameters(), lr=1e-3)}
+
+
+def _assert_fixture_epoch(objects: dict[str, Any], epoch_dir: Path) -> None:
+    expected = np.load(FIXTURES / "expected-weights.npz")
+    epoch = int(epoch_dir.name)
+    state = objects["model"].state_dict()
+    for key, value in state.items():
+        assert np.array_equal(value.numpy(), expected[f"torch_{epoch:03d}_{key}"]), key
+    original = torch.load(epoch_dir / "model.h5", weights_only=True)["optimizer_state_dict"]
+    assert_same_state(objects["optimizer"].state_dict(), original)
+
+
+@pytest.mark.parametrize("moved", [False, True], ids=["absolute-links", "dangling-after-move"])
+def test_restarts_from_original_candle_torch_checkpoint(tmp_path: Path, moved: bool) -> None:
+    directory = _copy_fixture(tmp_path / "orig")
+    if moved:
+        directory = Path(shutil.move(directory, tmp_path / "moved"))
+        assert not (directory / "last").exists()  # the absolute link dangles now
+    objects = _legacy_objects()
+    ckpt = candle.CandleCkptPyTorch(
+        {"epochs": 6, "ckpt_directory": str(directory), "ckpt_checksum": True,
+         "ckpt_save_best_metric": "loss", "ckpt_restart_mode": "required"}, logger=None)
+    ckpt.set_model(objects)
+    J = ckpt.restart(objects["model"])
+    ckpt.close()
+    assert J is not None and J["epoch"] == 6 and J["skipped"] == []
+    assert J["restarted_from"] == str(directory / "epochs" / "006")
+    assert ckpt.best_metric_last == pytest.approx(0.21194984018802643)
+    _assert_fixture_epoch(objects, directory / "epochs" / "006")
+
+
+def test_original_candle_crc32_is_verified_and_a_damaged_file_skipped(tmp_path: Path) -> None:
+    directory = _copy_fixture(tmp_path / "orig")
+    model_file = directory / "epochs" / "006" / "model.h5"
+    data = bytearray(model_file.read_bytes())
+    data[-100] ^= 0xFF  # same size: only the CRC32 can tell
+    model_file.write_bytes(bytes(data))
+
+    objects = _legacy_objects()
+    ckpt = candle.CandleCkptPyTorch(
+        {"epochs": 6, "ckpt_directory": str(directory), "ckpt_checksum": True,
+         "ckpt_save_best_metric": "loss"}, logger=None)
+    ckpt.set_model(objects)
+    J = ckpt.restart(objects["model"])
+    ckpt.close()
+    assert J is not None and J["epoch"] == 5
+    assert [s["epoch"] for s in J["skipped"]] == [6]
+    assert "checksum" in J["skipped"][0]["reason"]
+    _assert_fixture_epoch(objects, directory / "epochs" / "005")
+
+
+# ------------------------------------------------------------------------------ exact resume
+def _train(ckpt_dir: Path, out: Path, epochs: int, exit_after: int = 0) -> str:
+    cmd = [sys.executable, str(HERE / "torch_trainer.py"), "--ckpt-dir", str(ckpt_dir),
+           "--epochs", str(epochs), "--out", str(out), "--exit-after", str(exit_after)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    expected_rc = 17 if exit_after else 0
+    assert done.returncode == expected_rc, done.stderr
+    return done.stdout
+
+
+def test_kill_and_restart_is_bit_identical_to_an_uninterrupted_run(tmp_path: Path) -> None:
+    epochs, kill_after = 5, 2
+    straight = tmp_path / "straight.pt"
+    resumed = tmp_path / "resumed.pt"
+    assert "initial_epoch=0" in _train(tmp_path / "a", straight, epochs)
+    _train(tmp_path / "b", resumed, epochs, exit_after=kill_after)
+    assert not resumed.exists()  # the process died without finishing
+    assert f"initial_epoch={kill_after}" in _train(tmp_path / "b", resumed, epochs)
+
+    a = torch.load(straight, weights_only=True)
+    b = torch.load(resumed, weights_only=True)
+    assert_same_state(a["model"], b["model"])
+    assert_same_state(a["optimizer"], b["optimizer"])
+    assert a["scheduler"] == b["scheduler"]
+    assert torch.equal(a["torch_rng"], b["torch_rng"])
