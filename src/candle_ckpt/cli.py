@@ -426,7 +426,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     layout = open_directory(args.directory)
     epoch = resolve_epoch(layout, args.epoch)
-    key = acquire_lock(layout)  # a running training holds it: refuse rather than race
+    key, _ = acquire_lock(layout)  # a running training holds it: refuse rather than race
     try:
         problems, _ = check_epoch(layout, epoch)
         if problems:
@@ -455,7 +455,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     layout = open_directory(args.directory)
-    key = None if args.dry_run else acquire_lock(layout)
+    key = None if args.dry_run else acquire_lock(layout)[0]
     try:
         return _prune(layout, args.keep, args.mode, args.dry_run)
     finally:

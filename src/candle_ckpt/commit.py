@@ -173,8 +173,12 @@ _locks: dict[str, list[Any]] = {}
 _locks_guard = threading.Lock()
 
 
-def acquire_lock(layout: Layout) -> str:
-    """Take the writer lock of a checkpoint directory; returns the key to release it."""
+def acquire_lock(layout: Layout) -> tuple[str, bool]:
+    """Take the writer lock of a checkpoint directory.
+
+    Returns:
+        The key to release it, and whether this process did not hold it before.
+    """
     import fcntl
 
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -182,7 +186,7 @@ def acquire_lock(layout: Layout) -> str:
     with _locks_guard:
         if key in _locks:
             _locks[key][1] += 1
-            return key
+            return key, False
         fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -206,7 +210,7 @@ def acquire_lock(layout: Layout) -> str:
             0,
         )
         _locks[key] = [fd, 1]
-        return key
+        return key, True
 
 
 def release_lock(key: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from datetime import datetime
@@ -39,6 +40,7 @@ from .policy import best_direction, epochs_to_delete, is_improvement, should_sav
 FORMAT_VERSION = 1
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 _log_setup_guard = threading.Lock()
+_file_loggers: dict[str, logging.Logger] = {}
 
 
 class _AppendHandler(logging.Handler):
@@ -63,9 +65,12 @@ class _AppendHandler(logging.Handler):
 def _file_logger(path: Path) -> logging.Logger:
     """One logger and one handler per ckpt.log, however many engines use it."""
     key = os.path.realpath(path)
-    logger = logging.getLogger("candle_ckpt.file." + key.replace(".", "_"))
     with _log_setup_guard:
-        if not logger.handlers:
+        # Keyed by the exact path, not by a logger name derived from it: logging treats
+        # "." as a hierarchy separator, and any escaping of it lets two paths collide.
+        logger = _file_loggers.get(key)
+        if logger is None:
+            logger = _file_loggers[key] = logging.Logger("candle_ckpt.file:" + key)
             handler = _AppendHandler(key)
             handler.setFormatter(
                 logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", _TIME_FORMAT)
@@ -76,18 +81,35 @@ def _file_logger(path: Path) -> logging.Logger:
     return logger
 
 
-def _console_logger(verbose: bool) -> logging.Logger:
-    """The shared "DEFAULT" console logger (stdout, one handler, no propagation)."""
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is at the time (it may be redirected later)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _console_logger() -> logging.Logger:
+    """The shared "DEFAULT" console logger (stdout, one handler, no propagation).
+
+    Its level stays INFO: each engine filters by its own ``verbose`` (see ``_say``), so a
+    quiet engine does not silence the others.
+    """
     logger = logging.getLogger("candle_ckpt")
     with _log_setup_guard:
         if not logger.handlers:
-            import sys
-
-            handler = logging.StreamHandler(sys.stdout)
+            handler = _StdoutHandler()
             handler.setFormatter(logging.Formatter("ckpt: %(message)s"))
             logger.addHandler(handler)
             logger.propagate = False
-    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+            logger.setLevel(logging.INFO)
     return logger
 
 
@@ -118,8 +140,11 @@ class CandleCkpt:
         self._check_directory()
         self.layout = Layout.ours(self.settings.directory)
         self._ckpt_log = _file_logger(self.layout.log_file)
+        # The least severe level shown on the console (the default logger obeys verbose).
+        self._console_min = logging.NOTSET
         if logger == "DEFAULT":
-            self._console: logging.Logger | None = _console_logger(verbose)
+            self._console: logging.Logger | None = _console_logger()
+            self._console_min = logging.INFO if verbose else logging.WARNING
         elif logger is None:
             self._console = None
         else:
@@ -135,7 +160,6 @@ class CandleCkpt:
         self.time_saving = 0.0
         self._lock_key: str | None = None
         self._pending: _Pending | None = None
-        self._recovered = False
         self._ensure_lock()
         if self.restart_mode != "off" and self.settings.best_metric_last is None:
             self._peek_best()
@@ -208,20 +232,19 @@ class CandleCkpt:
         return _params.disabled(self.gParams, key)
 
     # ----------------------------------------------------------------- logging
+    def _say(self, level: int, message: str) -> None:
+        self._ckpt_log.log(level, message)
+        if self._console is not None and level >= self._console_min:
+            self._console.log(level, message)
+
     def info(self, message: str) -> None:
-        self._ckpt_log.info(message)
-        if self._console is not None:
-            self._console.info(message)
+        self._say(logging.INFO, message)
 
     def debug(self, message: str) -> None:
-        self._ckpt_log.debug(message)
-        if self._console is not None:
-            self._console.debug(message)
+        self._say(logging.DEBUG, message)
 
     def warning(self, message: str) -> None:
-        self._ckpt_log.warning(message)
-        if self._console is not None:
-            self._console.warning(message)
+        self._say(logging.WARNING, message)
 
     def relpath(self, p: Any) -> Path:
         """If Path p is relative to CWD, relativize it and return it."""
@@ -253,10 +276,11 @@ class CandleCkpt:
     # ----------------------------------------------------------------- lock
     def _ensure_lock(self) -> None:
         if self._lock_key is None:
-            self._lock_key = acquire_lock(self.layout)
-        if not self._recovered:
-            self._recovered = True
-            self.committer.recover()
+            self._lock_key, first_holder = acquire_lock(self.layout)
+            # Clean a crash's leftovers only when no engine of this process holds the
+            # directory: another one may have a save in flight in work/.
+            if first_holder:
+                self.committer.recover()
 
     def close(self) -> None:
         """Wait for a background save, then release the checkpoint directory.
@@ -361,7 +385,9 @@ class CandleCkpt:
         best_before = (self.best_metric_last, self.epoch_best)
         if not self.save_check(epoch_now, direction, metric_value):
             return False
-        is_best = self.epoch_best == epoch_now and best_before[1] != epoch_now
+        # save_check changed the best only for a new best (also when this epoch is re-done
+        # with a better metric: its old best link is removed while it is moved aside).
+        is_best = (self.best_metric_last, self.epoch_best) != best_before
         try:
             snapshot = self.capture_state()
             if self.settings.async_save:
@@ -435,6 +461,10 @@ class CandleCkpt:
             raise
         if is_best:
             self.symlink(dir_this, self.layout.best)
+        elif self.epoch_best is not None and not self.layout.read_pointer("best").ok \
+                and self.layout.is_complete(self.epoch_best):
+            # best was removed (its epoch re-done) or is missing: point it back at ours.
+            self.committer.point("best", self.epoch_best)
         self.symlink(dir_this, self.layout.last)
         if epoch in self.epochs:
             self.epochs.remove(epoch)
@@ -554,8 +584,12 @@ class CandleCkpt:
         except (OSError, ValueError) as err:
             raise CheckpointCorruptError(f"{path}: cannot be read: {err}") from err
 
-    def _restart_layout(self) -> tuple[Layout | None, int | None, str]:
-        """Where restart would start: (layout, epoch last points to, diagnosis)."""
+    def _restart_layout(self, announce: bool = True) -> tuple[Layout | None, int | None, str]:
+        """Where restart would start: (layout, epoch last points to, diagnosis).
+
+        ``announce``: log a re-anchored link (restart does; the peek at construction does
+        not, so the log says it once).
+        """
         root = self.settings.directory
         layout = Layout.for_restart(root)
         if layout is None:
@@ -574,7 +608,7 @@ class CandleCkpt:
             )
         if p.epoch is None:
             return layout, None, f"{p.path}: {p.problem}"
-        if p.reanchored:
+        if p.reanchored and announce:
             self.info(f"{p.path} -> {p.raw} dangles (the tree was moved); re-anchored to "
                       f"{layout.epoch_dir(p.epoch)}")
         return layout, p.epoch, "ok"
@@ -601,16 +635,16 @@ class CandleCkpt:
     def _peek_best(self) -> None:
         """Read best_metric_last/epoch_best from the checkpoint restart would use."""
         try:
-            layout, epoch, _ = self._restart_layout()
+            layout, epoch, _ = self._restart_layout(announce=False)
         except CkptError:
             return
         if layout is None or epoch is None:
             return
         try:
             info = layout.read_info(epoch)
+            self._adopt_best(layout, info)  # a non-numeric best: restart will skip it
         except (OSError, ValueError):
             return
-        self._adopt_best(layout, info)
 
     def _adopt_best(self, layout: Layout, info: dict[str, Any]) -> None:
         if self.settings.best_metric_last is not None:
@@ -666,6 +700,10 @@ class CandleCkpt:
             return f"{INFO_FILE} unparsable: {err}"
         if info.get("epoch") != epoch:
             return f"{INFO_FILE} says epoch {info.get('epoch')!r}, directory is {epoch}"
+        try:
+            _as_float(info.get("best_metric_last"))
+        except CkptParamError:
+            return f"{INFO_FILE}: best_metric_last {info.get('best_metric_last')!r} is not a number"
         problems = verify_checkpoint(directory, info, self.checksum_enabled)
         if problems:
             return "; ".join(problems)

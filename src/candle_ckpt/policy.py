@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from .errors import CkptParamError
 
 # Names that grow when the model improves; matched as whole words of the metric name
-# (split on "_" and digits), so "val_accuracy", "auc_2", "f1_score" all count.
+# (split on "_"; a word also counts without its trailing digits), so "val_accuracy",
+# "auc_2", "acc1", "f1_score" and "r2" all count.
 _MAX_WORDS = {
     "acc", "accuracy", "auc", "precision", "recall", "f1", "fmeasure", "fbeta", "r2",
     "iou", "miou", "dice", "score", "map", "top", "topk", "ndcg", "psnr", "ssim",
@@ -45,8 +46,8 @@ def best_direction(metric: str, mode: str) -> Direction:
             f"parameter 'ckpt_save_best_mode': value {mode!r} is not allowed; "
             "accepted: 'auto', 'min', 'max'"
         )
-    words = [w for w in re.split(r"[^a-z]+", metric.lower()) if w]
-    if any(w in _MAX_WORDS for w in words):
+    words = [w for w in re.split(r"[^a-z0-9]+", metric.lower()) if w]
+    if any(w in _MAX_WORDS or w.rstrip("0123456789") in _MAX_WORDS for w in words):
         return Direction("+", f"auto: {metric!r} looks like an accuracy-like metric (max)")
     return Direction("-", f"auto: {metric!r} treated as a loss-like metric (min)")
 

@@ -1,0 +1,270 @@
+"""CANDLE hyperparameters: defaults, conversions, parser/defs glue, errors at construction."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+import candle_ckpt
+from candle_ckpt import (
+    CandleCkpt,
+    CkptParamError,
+    CkptParamTypeError,
+    ParamRequired,
+    ParamType,
+    ckpt_defs,
+    ckpt_parser,
+    disabled,
+    enabled,
+    param,
+    param_allowed,
+    param_type_check,
+)
+from candle_ckpt.params import CKPT_PARAMS, read_settings
+from candle_ckpt.testing import CandleCkptFiles
+
+SPEC_DEFAULTS = {
+    "ckpt_restart_mode": "auto",
+    "ckpt_save_best": True,
+    "ckpt_save_best_metric": "val_loss",
+    "ckpt_skip_epochs": 0,
+    "ckpt_save_interval": 1,
+    "ckpt_checksum": False,
+    "ckpt_keep_mode": "linear",
+    "ckpt_keep_limit": 1000000,
+    "ckpt_directory": "./save",
+    "ckpt_metadata": None,
+}
+
+
+def test_param_type_member_values_match_the_original():
+    assert {m.name: m.value for m in ParamType} == {
+        "STRING": 1, "BOOLEAN": 2, "INTEGER": 3, "INTEGER_NN": 4,
+        "INTEGER_GZ": 5, "FLOAT": 6, "FLOAT_NN": 7,
+    }
+
+
+def test_every_spec_hyperparameter_has_the_spec_default():
+    s = read_settings({"epochs": 3})
+    assert s.restart_mode == "auto"
+    assert s.save_best is True
+    assert s.save_best_metric == "val_loss"
+    assert s.save_best_mode == "auto"
+    assert s.skip_epochs == 0
+    assert s.save_interval == 1
+    assert s.checksum is False
+    assert s.keep_mode == "linear"
+    assert s.keep_limit == 1000000
+    assert s.directory == Path("./save")
+    assert s.metadata is None
+    assert s.epochs == 3
+    assert s.save_weights_only is False
+    assert s.best_metric_last is None
+
+
+def test_parameter_table_defaults_match_the_spec():
+    table = {d.name: d.default for d in CKPT_PARAMS}
+    for key, default in SPEC_DEFAULTS.items():
+        assert table[key] == default, key
+    assert {"ckpt_save_weights_only", "ckpt_best_metric_last", "ckpt_save_best_mode"} <= set(table)
+
+
+def test_strings_from_candle_parameter_files_are_converted():
+    s = read_settings({
+        "epochs": "7", "ckpt_save_best": "false", "ckpt_checksum": "true",
+        "ckpt_skip_epochs": "0", "ckpt_save_interval": "5", "ckpt_keep_limit": "3",
+        "ckpt_save_weights_only": "1", "ckpt_best_metric_last": "0.25",
+    })
+    assert (s.epochs, s.save_best, s.checksum) == (7, False, True)
+    assert (s.skip_epochs, s.save_interval, s.keep_limit) == (0, 5, 3)
+    assert s.save_weights_only is True
+    assert s.best_metric_last == 0.25
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("true", True), ("True", True), ("TRUE", True), ("1", True), ("yes", True), ("on", True),
+    ("false", False), ("False", False), ("0", False), ("no", False), ("off", False),
+    (" true ", True), (True, True), (False, False), (1, True), (0, False),
+])
+def test_boolean_spellings_convert(text, expected):
+    assert param_type_check("ckpt_checksum", text, ParamType.BOOLEAN) is expected
+
+
+@pytest.mark.parametrize("type_,text,expected", [
+    (ParamType.INTEGER, "-4", -4),
+    (ParamType.INTEGER_NN, "0", 0),
+    (ParamType.INTEGER_GZ, "5", 5),
+    (ParamType.INTEGER_GZ, 5.0, 5),
+    (ParamType.FLOAT, "-1.5", -1.5),
+    (ParamType.FLOAT_NN, "0", 0.0),
+    (ParamType.STRING, Path("a/b"), "a/b"),
+])
+def test_typed_values_convert(type_, text, expected):
+    assert param_type_check("k", text, type_) == expected
+
+
+def test_values_may_come_from_a_namespace():
+    ns = argparse.Namespace(epochs=4, ckpt_keep_mode="exponential", ckpt_keep_limit="2",
+                            ckpt_save_best="false")
+    s = read_settings(ns)
+    assert (s.epochs, s.keep_mode, s.keep_limit, s.save_best) == (4, "exponential", 2, False)
+    assert param(ns, "ckpt_keep_limit", 9, ParamType.INTEGER_GZ) == 2
+    assert param(ns, "absent", 9, ParamType.INTEGER_GZ) == 9
+
+
+def test_older_metadata_name_is_accepted():
+    assert read_settings({"epochs": 1, "metadata": "job 42"}).metadata == "job 42"
+    both = {"epochs": 1, "metadata": "old", "ckpt_metadata": "new"}
+    assert read_settings(both).metadata == "new"
+
+
+def test_enabled_and_disabled_read_string_booleans():
+    g = {"a": "true", "b": "0", "c": None}
+    assert enabled(g, "a") and not disabled(g, "a")
+    assert disabled(g, "b") and not enabled(g, "b")
+    assert not enabled(g, "c") and not disabled(g, "c")
+    assert not enabled(g, "missing") and not disabled(g, "missing")
+    assert enabled(argparse.Namespace(a="yes"), "a")
+
+
+def test_required_parameter_missing_raises_naming_it():
+    with pytest.raises(CkptParamError, match="'epochs'"):
+        param({}, "epochs", ParamRequired(), ParamType.INTEGER_NN)
+    with pytest.raises(CkptParamError, match="'epochs'"):
+        read_settings({"ckpt_directory": "x"})
+
+
+def test_param_allowed_lists_the_accepted_values():
+    param_allowed("ckpt_keep_mode", "all", ("linear", "all"))
+    param_allowed("anything", 3, None)
+    with pytest.raises(CkptParamError) as err:
+        param_allowed("ckpt_keep_mode", "fancy", ("linear", "all"))
+    assert "'ckpt_keep_mode'" in str(err.value)
+    assert "'fancy'" in str(err.value)
+    assert "'linear'" in str(err.value) and "'all'" in str(err.value)
+
+
+@pytest.mark.parametrize("key,value,accepted", [
+    ("ckpt_restart_mode", "sometimes", "'required'"),
+    ("ckpt_keep_mode", "quadratic", "'exponential'"),
+    ("ckpt_save_best_mode", "up", "'max'"),
+    ("ckpt_keep_limit", 0, "> 0"),
+    ("ckpt_keep_limit", "-3", "> 0"),
+    ("ckpt_skip_epochs", -1, ">= 0"),
+    ("ckpt_save_interval", "-2", ">= 0"),
+    ("ckpt_save_best", "maybe", "true/false"),
+    ("ckpt_checksum", 2, "true/false"),
+    ("ckpt_keep_limit", "many", "integer"),
+    ("ckpt_best_metric_last", "high", "number"),
+    ("epochs", -5, ">= 0"),
+])
+def test_bad_value_error_names_key_value_and_what_is_accepted(key, value, accepted):
+    params = {"epochs": 3, key: value}
+    with pytest.raises(CkptParamError) as err:
+        read_settings(params)
+    message = str(err.value)
+    assert repr(key) in message
+    assert str(value) in message
+    assert accepted in message
+    assert isinstance(err.value, ValueError)
+
+
+def test_unconvertible_value_is_also_a_type_error_as_in_the_original():
+    with pytest.raises(TypeError):
+        param_type_check("ckpt_keep_limit", "many", ParamType.INTEGER_GZ)
+    assert issubclass(CkptParamTypeError, CkptParamError)
+
+
+def test_gparameters_of_another_type_is_refused():
+    with pytest.raises(CkptParamError, match="dict or an argparse.Namespace"):
+        read_settings([("epochs", 3)])
+
+
+@pytest.mark.parametrize("bad", [
+    {"ckpt_keep_limit": 0},
+    {"ckpt_restart_mode": "maybe"},
+    {"ckpt_save_best": "perhaps"},
+    {"epochs": None},
+    {"ckpt_best_metric_last": "nan"},
+])
+def test_bad_parameter_raises_before_the_directory_is_created(tmp_path, bad):
+    target = tmp_path / "ckpts-here"
+    params = {"epochs": 3, "ckpt_directory": str(target), **bad}
+    with pytest.raises(CkptParamError):
+        CandleCkptFiles(params, logger=None)
+    assert not target.exists()
+
+
+def test_bad_parameter_leaves_an_existing_directory_untouched(tmp_path):
+    target = tmp_path / "used"
+    target.mkdir()
+    (target / "keep.txt").write_text("x")
+    with pytest.raises(CkptParamError):
+        CandleCkpt({"epochs": 3, "ckpt_directory": str(target), "ckpt_keep_mode": "x"},
+                   logger=None)
+    assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
+
+
+def test_bad_logger_raises_before_anything_is_written(tmp_path):
+    target = tmp_path / "new"
+    with pytest.raises(CkptParamError, match="logger"):
+        CandleCkptFiles({"epochs": 3, "ckpt_directory": str(target)}, logger=42)
+    assert not target.exists()
+
+
+def test_ckpt_directory_that_is_a_file_is_refused(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("not a dir")
+    with pytest.raises(CkptParamError, match="'ckpt_directory'"):
+        CandleCkptFiles({"epochs": 3, "ckpt_directory": str(f)}, logger=None)
+    assert f.read_text() == "not a dir"
+
+
+def test_ckpt_parser_parses_real_argv():
+    parser = ckpt_parser(argparse.ArgumentParser())
+    parser.add_argument("--epochs", type=int, default=1)
+    args = parser.parse_args([
+        "--epochs", "6", "--ckpt_save_best", "false", "--ckpt_checksum", "true",
+        "--ckpt_keep_mode", "exponential", "--ckpt_keep_limit", "3",
+        "--ckpt_save_interval", "2", "--ckpt_directory", "/tmp/x",
+        "--ckpt_restart_mode", "required", "--ckpt_save_best_mode", "max",
+    ])
+    s = read_settings(args)
+    assert (s.epochs, s.save_best, s.checksum) == (6, False, True)
+    assert (s.keep_mode, s.keep_limit, s.save_interval) == ("exponential", 3, 2)
+    assert (s.directory, s.restart_mode, s.save_best_mode) == (Path("/tmp/x"), "required", "max")
+
+
+def test_ckpt_parser_defaults_are_the_spec_defaults():
+    args = ckpt_parser(argparse.ArgumentParser()).parse_args([])
+    for key, default in SPEC_DEFAULTS.items():
+        assert getattr(args, key) == default, key
+
+
+def test_ckpt_parser_rejects_a_bad_choice_and_a_bad_boolean(capsys):
+    parser = ckpt_parser(argparse.ArgumentParser())
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--ckpt_keep_mode", "quadratic"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--ckpt_save_best", "maybe"])
+    assert "ckpt_save_best" in capsys.readouterr().err
+
+
+def test_ckpt_defs_extends_user_definitions():
+    user = [{"name": "epochs", "type": int, "default": 1, "help": "epochs"}]
+    defs = ckpt_defs(user)
+    assert defs[0] is user[0] and len(user) == 1
+    by_name = {d["name"]: d for d in defs}
+    assert set(SPEC_DEFAULTS) <= set(by_name)
+    for key, default in SPEC_DEFAULTS.items():
+        assert by_name[key]["default"] == default, key
+    assert by_name["ckpt_save_best"]["type"]("false") is False
+    assert by_name["ckpt_keep_limit"]["type"]("5") == 5
+    assert by_name["ckpt_keep_mode"]["choices"] == ["linear", "exponential", "all"]
+
+
+def test_top_level_names_are_the_params_functions():
+    assert candle_ckpt.ParamType is ParamType
+    assert candle_ckpt.param is param

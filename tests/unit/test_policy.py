@@ -1,0 +1,260 @@
+"""Pure policies: which epoch to save, which way the best metric improves, what to keep."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from candle_ckpt import CkptParamError
+from candle_ckpt.policy import (
+    best_direction,
+    epochs_to_delete,
+    epochs_to_keep,
+    is_improvement,
+    should_save,
+)
+
+
+def save(epoch, *, total=10, skip=0, interval=1, best=True, new_best=False):
+    return should_save(epoch, epochs_total=total, skip_epochs=skip, save_interval=interval,
+                       save_best=best, is_new_best=new_best).save
+
+
+# ------------------------------------------------------------------ should_save
+
+def test_interval_saves_every_multiple_and_the_final_epoch():
+    saved = [e for e in range(1, 11) if save(e, total=10, interval=3)]
+    assert saved == [3, 6, 9, 10]
+
+
+def test_interval_one_saves_every_epoch():
+    assert all(save(e, total=5, interval=1) for e in range(1, 6))
+
+
+def test_skip_epochs_are_never_saved_even_when_best_or_final():
+    assert not save(2, skip=2, new_best=True)
+    assert not save(3, total=3, skip=3)
+    assert save(3, skip=2)
+
+
+def test_new_best_is_saved_off_interval_only_when_save_best():
+    assert save(5, interval=4, new_best=True, best=True)
+    assert not save(5, interval=4, new_best=True, best=False)
+    assert not save(5, interval=4, new_best=False, best=True)
+
+
+def test_interval_zero_saves_nothing_but_a_new_best():
+    assert not any(save(e, total=4, interval=0) for e in range(1, 5))
+    assert save(2, total=4, interval=0, new_best=True)
+    assert not save(2, total=4, interval=0, new_best=True, best=False)
+
+
+def test_unknown_total_has_no_final_epoch_save():
+    assert not save(7, total=None, interval=3)
+
+
+@given(epoch=st.integers(1, 60), total=st.one_of(st.none(), st.integers(1, 60)),
+       skip=st.integers(0, 10), interval=st.integers(0, 7), best=st.booleans(),
+       new_best=st.booleans())
+def test_should_save_matches_the_stated_rules(epoch, total, skip, interval, best, new_best):
+    expected = epoch > skip and (
+        (best and new_best)
+        or (interval > 0 and (epoch % interval == 0 or epoch == total))
+    )
+    assert save(epoch, total=total, skip=skip, interval=interval, best=best,
+                new_best=new_best) == expected
+
+
+# ------------------------------------------------------------------ best direction
+
+@pytest.mark.parametrize("metric", [
+    "val_loss", "loss", "mse", "val_mae", "mean_absolute_error", "val_error", "perplexity",
+])
+def test_auto_direction_minimises_loss_like_metrics(metric):
+    d = best_direction(metric, "auto")
+    assert (d.sign, d.mode) == ("-", "min")
+    assert metric in d.reason
+
+
+@pytest.mark.parametrize("metric", [
+    "accuracy", "val_accuracy", "val_acc", "auc", "val_auc_2", "precision", "val_recall",
+    "f1", "val_f1", "f1_score", "r2", "top_k_categorical_accuracy",
+])
+def test_auto_direction_maximises_accuracy_like_metrics(metric):
+    d = best_direction(metric, "auto")
+    assert (d.sign, d.mode) == ("+", "max")
+    assert metric in d.reason
+
+
+def test_explicit_mode_overrides_the_metric_name():
+    assert best_direction("val_accuracy", "min").sign == "-"
+    assert best_direction("val_loss", "max").sign == "+"
+
+
+def test_unknown_mode_is_a_param_error_listing_the_choices():
+    with pytest.raises(CkptParamError, match="'auto', 'min', 'max'"):
+        best_direction("val_loss", "down")
+
+
+def test_improvement_follows_the_direction():
+    assert is_improvement(0.4, 0.5, "-") and not is_improvement(0.6, 0.5, "-")
+    assert is_improvement(0.6, 0.5, "+") and not is_improvement(0.4, 0.5, "+")
+    assert not is_improvement(0.5, 0.5, "-") and not is_improvement(0.5, 0.5, "+")
+    assert is_improvement(3.0, None, "-") and is_improvement(-3.0, None, "+")
+
+
+@pytest.mark.parametrize("sign", ["+", "-"])
+@pytest.mark.parametrize("best", [None, 0.5, math.inf, -math.inf])
+def test_nan_is_never_best(sign, best):
+    assert not is_improvement(math.nan, best, sign)
+    assert not is_improvement(None, best, sign)
+
+
+@pytest.mark.parametrize("sign", ["+", "-"])
+def test_a_finite_value_beats_a_nan_or_infinite_best(sign):
+    assert is_improvement(1.0, math.nan, sign)
+    assert is_improvement(1.0, math.inf, sign)
+
+
+def test_bad_direction_sign_is_refused():
+    with pytest.raises(CkptParamError, match="'\\+', '-'"):
+        is_improvement(1.0, 2.0, "up")
+
+
+# ------------------------------------------------------------------ keep policies
+
+def linear_oracle(limit, epochs, now, best, protected):
+    """The original CANDLE clean(): walk newest to oldest, counting every kept one."""
+    kept = set()
+    count = 0
+    for e in sorted(set(epochs), reverse=True):
+        if e == now or e == best or e in protected or count < limit:
+            kept.add(e)
+            count += 1
+    return kept
+
+
+def exponential_oracle(limit, epochs, now, best, protected):
+    """Issue 2's rule, spelled out independently of the implementation."""
+    always = ({now, best} | set(protected)) & set(epochs)
+    kept = {now} & set(epochs)
+    k = 0
+    while 2 ** k <= now:
+        band = [e for e in epochs if 2 ** k <= now - e < 2 ** (k + 1)]
+        if band:
+            kept.add(max(band))
+        k += 1
+    kept |= always
+    droppable = sorted(kept - always)
+    while len(kept) > limit and droppable:
+        kept.discard(droppable.pop(0))
+    return kept
+
+
+@st.composite
+def keep_cases(draw):
+    now = draw(st.integers(1, 70))
+    older = draw(st.sets(st.integers(1, now), max_size=40))
+    epochs = sorted(older | {now})
+    limit = draw(st.integers(1, 12))
+    best = draw(st.one_of(st.none(), st.sampled_from(epochs), st.integers(1, 80)))
+    protected = draw(st.sets(st.sampled_from(epochs), max_size=3))
+    return limit, epochs, now, best, protected
+
+
+@settings(max_examples=400)
+@given(keep_cases(), st.sampled_from(["linear", "exponential", "all"]))
+def test_newest_best_and_protected_are_always_kept(case, mode):
+    limit, epochs, now, best, protected = case
+    kept = epochs_to_keep(mode, limit, epochs, now, best, protected)
+    assert now in kept
+    assert set(protected) <= kept
+    if best in epochs:
+        assert best in kept
+    assert kept <= set(epochs)
+
+
+@settings(max_examples=400)
+@given(keep_cases())
+def test_linear_matches_the_original_rule(case):
+    limit, epochs, now, best, protected = case
+    assert epochs_to_keep("linear", limit, epochs, now, best, protected) == linear_oracle(
+        limit, epochs, now, best, protected)
+
+
+@settings(max_examples=400)
+@given(keep_cases())
+def test_linear_keeps_at_least_limit_and_at_most_limit_plus_the_untouchable(case):
+    limit, epochs, now, best, protected = case
+    kept = epochs_to_keep("linear", limit, epochs, now, best, protected)
+    untouchable = ({now, best} | set(protected)) & set(epochs)
+    assert min(limit, len(epochs)) <= len(kept) <= limit + len(untouchable)
+    newest = sorted(epochs, reverse=True)[:limit]
+    assert set(newest) <= kept
+
+
+@settings(max_examples=400)
+@given(keep_cases())
+def test_exponential_keeps_the_newest_of_each_age_band_then_drops_the_oldest(case):
+    limit, epochs, now, best, protected = case
+    kept = epochs_to_keep("exponential", limit, epochs, now, best, protected)
+    assert kept == exponential_oracle(limit, epochs, now, best, protected)
+    untouchable = ({now, best} | set(protected)) & set(epochs)
+    assert len(kept) <= max(limit, len(untouchable))
+
+
+@settings(max_examples=200)
+@given(keep_cases())
+def test_exponential_without_limit_keeps_one_per_band(case):
+    _, epochs, now, _, _ = case
+    kept = epochs_to_keep("exponential", 10**6, epochs, now, None)
+    for e in kept - {now}:
+        band = (now - e).bit_length() - 1
+        newer_in_band = [x for x in epochs if x > e and (now - x).bit_length() - 1 == band]
+        assert not newer_in_band
+    bands = {(now - e).bit_length() - 1 for e in epochs if e < now}
+    assert len(kept) == 1 + len(bands)
+
+
+def test_exponential_example_after_sixteen_epochs():
+    # ages 1, 2-3, 4-7, 8-15 -> epochs 15, 14, 12, 8 (the newest in each band), plus 16
+    kept = epochs_to_keep("exponential", 100, range(1, 17), 16, None)
+    assert kept == {16, 15, 14, 12, 8}
+    assert epochs_to_keep("exponential", 3, range(1, 17), 16, None) == {16, 15, 14}
+    assert epochs_to_keep("exponential", 3, range(1, 17), 16, 2) == {16, 15, 2}
+
+
+@settings(max_examples=200)
+@given(keep_cases())
+def test_all_keeps_everything(case):
+    limit, epochs, now, best, protected = case
+    assert epochs_to_keep("all", limit, epochs, now, best, protected) == set(epochs)
+    assert epochs_to_delete("all", limit, epochs, now, best, protected) == []
+
+
+@settings(max_examples=200)
+@given(keep_cases(), st.sampled_from(["linear", "exponential", "all"]))
+def test_delete_is_the_complement_of_keep_oldest_first(case, mode):
+    limit, epochs, now, best, protected = case
+    doomed = epochs_to_delete(mode, limit, epochs, now, best, protected)
+    assert doomed == sorted(doomed)
+    assert set(doomed) == set(epochs) - epochs_to_keep(mode, limit, epochs, now, best,
+                                                       protected)
+
+
+def test_linear_example_keeps_newest_limit_and_the_best():
+    assert epochs_to_delete("linear", 2, [1, 2, 3, 4, 5], 5, 1) == [2, 3]
+    assert epochs_to_delete("linear", 2, [1, 2, 3, 4, 5], 5, 4) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("mode,limit,accepted", [
+    ("fifo", 3, "'linear', 'exponential', 'all'"),
+    ("linear", 0, "> 0"),
+])
+def test_bad_keep_arguments_are_refused(mode, limit, accepted):
+    with pytest.raises(CkptParamError) as err:
+        epochs_to_keep(mode, limit, [1], 1, None)
+    assert accepted in str(err.value)
