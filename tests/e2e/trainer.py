@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=512, help="files: MiB/64; others: width")
     ap.add_argument("--async", dest="async_", action="store_true")
     ap.add_argument("--checksum", action="store_true")
+    ap.add_argument("--hold", action="store_true",
+                    help="after 'ready', wait for a line on stdin before training")
     args = ap.parse_args(argv)
     g = {
         "epochs": args.epochs,
@@ -171,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     start = trainer.restart()
     emit(f"restart {start} {trainer.digest()}")
     print("ready", flush=True)
+    if args.hold:
+        sys.stdin.readline()
     for epoch in range(start, args.epochs):
         loss = trainer.train_epoch(epoch)
         emit(f"saving {epoch + 1} {trainer.digest()}")
