@@ -23,25 +23,52 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-Row = tuple[str, int, float, float, str]
+Row = tuple[str, int, float, float, float, str]
+
+
+class Timed(float):
+    """A median in seconds that also carries the spread of its repeats."""
+
+    spread: float  # (max - min) / median over the repeats
+
+
+def timed(times: list[float]) -> Timed:
+    t = Timed(statistics.median(times))
+    t.spread = (max(times) - min(times)) / t if t > 0 else float("nan")
+    return t
 
 
 def median_time(fn: Callable[[], Any], repeats: int, setup: Callable[[], Any] | None = None
-                ) -> float:
+                ) -> Timed:
+    """Median of ``repeats`` timed calls after one untimed warm-up call.
+
+    The warm-up reaches the steady state every later call sees: buffers allocated, the
+    file to read in the page cache, a previous checkpoint or copy for a save to replace.
+    """
     times = []
-    for _ in range(repeats):
+    for i in range(repeats + 1):
         if setup is not None:
             setup()
         gc.collect()
         t0 = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        if i:
+            times.append(time.perf_counter() - t0)
+    return timed(times)
+
+
+_CHUNK = memoryview(bytearray(os.urandom(1 << 20)) * 16)  # 16 MiB, made once, not timed
 
 
 def raw_write(path: Path, nbytes: int) -> None:
-    """Sequential write of nbytes plus fsync: the physical limit of a durable save."""
-    chunk = memoryview(bytearray(os.urandom(1 << 20)) * 16)  # 16 MiB
+    """Sequential write of nbytes plus fsync: the physical limit of a durable save.
+
+    Opening with "wb" truncates the previous copy, so its blocks are freed inside the
+    timing, as for torch.save/save_weights to the same path and for our keep policy
+    (which deletes the previous checkpoint). ``Bench.raw(..., fresh=True)`` times a write
+    into a new file instead, to show what freeing costs on this file system.
+    """
+    chunk = _CHUNK
     left = nbytes
     with open(path, "wb", buffering=0) as f:
         while left > 0:
@@ -81,45 +108,66 @@ class Bench:
         return d
 
     def add(self, name: str, nbytes: int, seconds: float, base_name: str, base: float) -> None:
-        self.rows.append((name, nbytes, seconds, seconds / base if base else float("nan"),
-                          base_name))
+        spread = getattr(seconds, "spread", float("nan"))
+        self.rows.append((name, nbytes, seconds, spread,
+                          seconds / base if base else float("nan"), base_name))
 
-    def raw(self, nbytes: int) -> float:
+    def raw(self, nbytes: int, fresh: bool = False) -> Timed:
         d = self.fresh("raw")
-        return median_time(lambda: raw_write(d / "blob", nbytes), self.repeats,
-                           setup=lambda: (d / "blob").unlink(missing_ok=True))
+        raw_write(d / "blob", nbytes)  # the previous copy that a steady-state save replaces
+        if fresh:
+            return median_time(lambda: raw_write(d / "blob", nbytes), self.repeats,
+                               setup=lambda: (d / "blob").unlink())
+        return median_time(lambda: raw_write(d / "blob", nbytes), self.repeats)
 
-    def ours(self, label: str, make: Callable[[Path, dict[str, Any]], Any], nbytes_hint: int,
-             raw_s: float, plain_save: tuple[str, float], plain_load: tuple[str, float],
+    def ours(self, label: str, make: Callable[[Path, dict[str, Any]], Any],
+             save_epoch: Callable[[Any, int], Any], nbytes_hint: int, raw_s: float,
+             plain_save: tuple[str, float], plain_load: tuple[str, float],
              load_fn: Callable[[Any], Any]) -> None:
-        """Our sync save, checksum on, async stall, restart with/without verification."""
+        """Our sync save, checksum on, async stall, restart with/without verification.
+
+        ``save_epoch(ckpt, epoch)`` is the backend's own call (the torch and Keras
+        backends' ``ckpt_epoch`` take different arguments).
+        """
+        sync_s = restart_s = float("nan")
         for checksum in (False, True):
             d = self.fresh(f"{label}-sync-{checksum}")
             ckpt = make(d, _g(d, ckpt_checksum=checksum))
             epoch = [0]
 
             def save(c: Any = ckpt, epoch: list[int] = epoch) -> None:
-                c.ckpt_epoch(epoch[0], "-", 1.0)
+                save_epoch(c, epoch[0])
                 epoch[0] += 1
 
             t = median_time(save, self.repeats)
-            nbytes = dir_bytes(d / "ckpts/last/")
+            nbytes = dir_bytes(d / "ckpts" / "last")
+            if abs(nbytes - nbytes_hint) > 0.01 * nbytes_hint:
+                raw_s = self.raw(nbytes)  # compare with a raw write of exactly our bytes
             tag = "checksum on" if checksum else "sync"
             self.add(f"{label}: candle-ckpt save ({tag}, durable)", nbytes, t, "raw write", raw_s)
             self.add(f"{label}: candle-ckpt save ({tag}, durable)", nbytes, t, plain_save[0],
                      plain_save[1])
             if checksum:
-                self.add(f"{label}: checksum on vs off", nbytes, t, "candle-ckpt save (sync)",
-                         self._sync_s)
+                self.add(f"{label}: save checksum on vs off", nbytes, t, "candle-ckpt save (sync)",
+                         sync_s)
             else:
-                self._sync_s = t
+                sync_s = t
             ckpt.close()
             # restart from what was just written
             r = make(d, _g(d, ckpt_checksum=checksum))
-            t = median_time(lambda r=r: load_fn(r), self.repeats)
+
+            def restart(r: Any = r) -> None:
+                load_fn(r)
+
+            t = median_time(restart, self.repeats)
             tag = "checksum verified" if checksum else "sizes verified"
             self.add(f"{label}: candle-ckpt restart ({tag})", nbytes, t, plain_load[0],
                      plain_load[1])
+            if checksum:
+                self.add(f"{label}: restart checksum on vs off", nbytes, t,
+                         "candle-ckpt restart (sizes verified)", restart_s)
+            else:
+                restart_s = t
             r.close()
         d = self.fresh(f"{label}-async")
         ckpt = make(d, _g(d, ckpt_async=True))
@@ -128,18 +176,29 @@ class Bench:
             ckpt.wait()  # the previous background write is not part of the stall
             gc.collect()
             t0 = time.perf_counter()
-            ckpt.ckpt_epoch(e, "-", 1.0)
+            save_epoch(ckpt, e)
             stalls.append(time.perf_counter() - t0)
         ckpt.close()
-        stall = statistics.median(stalls[1:])  # the first capture allocates the buffers
+        stall = timed(stalls[1:])  # the first capture allocates the buffers
         self.add(f"{label}: candle-ckpt async stall", nbytes_hint, stall,
-                 "candle-ckpt save (sync)", self._sync_s)
+                 "candle-ckpt save (sync)", sync_s)
 
     def print(self, title: str) -> None:
         print(f"\n{title}")
-        print(f"{'measurement':58} {'MB':>8} {'median s':>9} {'ratio':>7}  baseline")
-        for name, nbytes, s, ratio, base in self.rows:
-            print(f"{name:58} {nbytes / 1e6:8.1f} {s:9.3f} {ratio:7.2f}  {base}")
+        print(f"{'measurement':54} {'MB':>7} {'median s':>8} {'spread':>6} {'ratio':>6}"
+              "  baseline")
+        for name, nbytes, s, spread, ratio, base in self.rows:
+            print(f"{name:54} {nbytes / 1e6:7.1f} {s:8.3f} {spread:6.0%} {ratio:6.2f}  {base}")
+        print("spread: (slowest - fastest) / median over the repeats")
+
+
+def layer_widths(n_params: int, width: int) -> list[int]:
+    """Output widths of bias-free dense layers fed by ``width`` inputs: ~n_params in all."""
+    full, rest = divmod(max(n_params, width), width * width)
+    widths = [width] * full
+    if rest // width:
+        widths.append(rest // width)  # the last layer takes the remainder
+    return widths
 
 
 def bench_torch(b: Bench, n_params: int) -> None:
@@ -149,12 +208,8 @@ def bench_torch(b: Bench, n_params: int) -> None:
 
     torch.manual_seed(0)
     width = 4096
-    rows = max(1, n_params // width)
-    model = torch.nn.Sequential(*[torch.nn.Linear(width, width, bias=False)
-                                  for _ in range(max(1, rows // width))])
-    extra = rows - width * len(model)
-    if extra > 0:
-        model.append(torch.nn.Linear(width, extra, bias=False))
+    model = torch.nn.Sequential(*[torch.nn.Linear(width, out, bias=False)
+                                  for out in layer_widths(n_params, width)])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model(torch.randn(2, width)).sum().backward()
     opt.step()
@@ -170,7 +225,9 @@ def bench_torch(b: Bench, n_params: int) -> None:
     t_save = median_time(plain_save, b.repeats)
     nbytes = (d / "model.pt").stat().st_size
     raw_s = b.raw(nbytes)
-    b.add(f"{label}: raw write + fsync", nbytes, raw_s, "raw write", raw_s)
+    b.add(f"{label}: raw write + fsync (replacing a copy)", nbytes, raw_s, "raw write", raw_s)
+    b.add(f"{label}: raw write + fsync into a new file", nbytes, b.raw(nbytes, fresh=True),
+          "raw write", raw_s)
     b.add(f"{label}: torch.save + fsync", nbytes, t_save, "raw write", raw_s)
 
     def plain_load() -> None:
@@ -186,7 +243,8 @@ def bench_torch(b: Bench, n_params: int) -> None:
         c.set_model({"model": model, "optimizer": opt})
         return c
 
-    b.ours(label, make, nbytes, raw_s, ("torch.save + fsync", t_save),
+    b.ours(label, make, lambda c, e: c.ckpt_epoch(e, 1.0), nbytes, raw_s,
+           ("torch.save + fsync", t_save),
            ("torch.load", t_load), lambda c: c.restart(model))
 
 
@@ -197,13 +255,11 @@ def bench_keras(b: Bench, n_params: int) -> None:
     import candle_ckpt as candle
 
     width = 4096
-    layers = max(1, n_params // (width * width))
+    widths = layer_widths(n_params, width)
     model = keras.Sequential([keras.Input((width,))]
-                             + [keras.layers.Dense(width, use_bias=False)
-                                for _ in range(layers)])
+                             + [keras.layers.Dense(out, use_bias=False) for out in widths])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
-    x = np.zeros((2, width), "float32")
-    model.train_on_batch(x, x)
+    model.train_on_batch(np.zeros((2, width), "float32"), np.zeros((2, widths[-1]), "float32"))
     label = f"keras {model.count_params() / 1e6:.0f}M"
 
     d = b.fresh("keras-plain")
@@ -216,7 +272,9 @@ def bench_keras(b: Bench, n_params: int) -> None:
     t_save = median_time(plain_save, b.repeats)
     nbytes = path.stat().st_size
     raw_s = b.raw(nbytes)
-    b.add(f"{label}: raw write + fsync", nbytes, raw_s, "raw write", raw_s)
+    b.add(f"{label}: raw write + fsync (replacing a copy)", nbytes, raw_s, "raw write", raw_s)
+    b.add(f"{label}: raw write + fsync into a new file", nbytes, b.raw(nbytes, fresh=True),
+          "raw write", raw_s)
     b.add(f"{label}: model.save_weights + fsync", nbytes, t_save, "raw write", raw_s)
     mc_path = d / "mc.weights.h5"
     mc = keras.callbacks.ModelCheckpoint(str(mc_path), save_weights_only=True)
@@ -231,7 +289,8 @@ def bench_keras(b: Bench, n_params: int) -> None:
         c.set_model(model)
         return c
 
-    b.ours(label, make, nbytes, raw_s, ("model.save_weights + fsync", t_save),
+    b.ours(label, make, lambda c, e: c.ckpt_epoch(e, "-", 1.0), nbytes, raw_s,
+           ("model.save_weights + fsync", t_save),
            ("load_weights", t_load), lambda c: c.restart(model))
 
 

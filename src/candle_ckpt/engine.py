@@ -4,6 +4,7 @@ It glues the validated parameters, the pure policies, the layout and the commit
 protocol. Backends subclass it and implement three hooks:
 
 - ``capture_state()`` (training thread): copy what must be saved into host memory;
+  ``live_state()`` may skip the copy for synchronous saves (training waits for them);
 - ``write_state(snapshot, sink)``: write that snapshot's files through a FileSink and
   return the name of the main model file;
 - ``load_state(directory, info)``: restore from a validated checkpoint directory.
@@ -323,6 +324,14 @@ class CandleCkpt:
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement capture_state")
 
+    def live_state(self) -> Any:
+        """The state for a synchronous save, which is written before training resumes.
+
+        So it need not be a copy: a backend may return references to the live state and
+        save the time and memory of ``capture_state``'s copy. By default, that copy.
+        """
+        return self.capture_state()
+
     def write_state(self, snapshot: Any, sink: FileSink) -> str:
         """Write a captured state's files; return the main model file's name."""
         raise NotImplementedError(f"{type(self).__name__} does not implement write_state")
@@ -389,12 +398,11 @@ class CandleCkpt:
         # with a better metric: its old best link is removed while it is moved aside).
         is_best = (self.best_metric_last, self.epoch_best) != best_before
         try:
-            snapshot = self.capture_state()
             if self.settings.async_save:
-                self._start_background(epoch_now, snapshot, _as_float(metric_value), is_best,
-                                       best_before)
+                self._start_background(epoch_now, self.capture_state(), _as_float(metric_value),
+                                       is_best, best_before)
             else:
-                self._commit(epoch_now, snapshot, _as_float(metric_value), is_best)
+                self._commit(epoch_now, self.live_state(), _as_float(metric_value), is_best)
         except BaseException:
             self.best_metric_last, self.epoch_best = best_before
             raise

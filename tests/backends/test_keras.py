@@ -159,6 +159,26 @@ def test_capture_copies_so_training_on_does_not_change_the_snapshot(tmp_path: Pa
     ckpt.close()
 
 
+def test_capture_reuses_the_previous_arrays_and_holds_the_new_values(tmp_path: Path) -> None:
+    x, y = data()
+    model = small_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    ckpt = candle.CandleCkptKeras(params(tmp_path, ckpt_save_best=False))
+    ckpt.set_model(model)
+    first = ckpt.capture_state().weights
+    kernel = first["layers/dense"][1]["0"]
+    model.fit(x, y, epochs=1, verbose=0)
+    second = ckpt.capture_state().weights
+    assert second["layers/dense"][1]["0"] is kernel  # copied into, not reallocated
+    assert np.array_equal(kernel, values(model.trainable_variables)[0])
+    saved = [a for _, arrays in second.values() for a in arrays.values()]
+    assert len(saved) == len(model.variables) - len(seed_states(model)) + len(
+        model.optimizer.variables)
+    model.fit(x, y, epochs=1, verbose=0)  # training on leaves the snapshot alone
+    assert not np.array_equal(kernel, values(model.trainable_variables)[0])
+    ckpt.close()
+
+
 def test_save_weights_only_leaves_out_the_optimizer_and_says_so(tmp_path: Path) -> None:
     g = params(tmp_path, epochs=2, ckpt_save_weights_only=True)
     x, y = data()

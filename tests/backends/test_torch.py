@@ -122,6 +122,55 @@ def test_capture_copies_so_later_training_does_not_change_the_snapshot(tmp_path:
                            exp_avg)
 
 
+def test_capture_reuses_the_previous_buffers_and_holds_the_new_values(tmp_path: Path) -> None:
+    model = make_net(0)
+    optimizer = torch.optim.Adam(model.parameters())
+    train_steps(model, optimizer, 1)
+    with new_ckpt(tmp_path) as ckpt:
+        ckpt.set_model({"model": model, "optimizer": optimizer})
+        first = ckpt.capture_state().payload
+        buffers = {k: v.data_ptr() for k, v in first["model_state_dict"].items()}
+        train_steps(model, optimizer, 2)
+        second = ckpt.capture_state().payload
+        assert {k: v.data_ptr() for k, v in second["model_state_dict"].items()} == buffers
+        assert_same_state(second["model_state_dict"], model.state_dict())
+        assert_same_state(second["optimizer_state_dict"], optimizer.state_dict())
+        live = model.state_dict()
+        assert all(second["model_state_dict"][k] is not live[k] for k in live)
+
+
+def test_sync_saves_write_live_tensors_but_never_make_them_capture_buffers(
+        tmp_path: Path) -> None:
+    model = make_net(0)
+    optimizer = torch.optim.Adam(model.parameters())
+    train_steps(model, optimizer, 1)
+    with new_ckpt(tmp_path) as ckpt:
+        ckpt.set_model({"model": model, "optimizer": optimizer})
+        ckpt.capture_state()
+        ckpt.ckpt_epoch(0, 1.0)  # a sync save, from the live state
+        snapshot = ckpt.capture_state().payload["model_state_dict"]
+        before = {k: v.clone() for k, v in snapshot.items()}
+        train_steps(model, optimizer, 2)
+        assert_same_state(snapshot, before)
+    saved = torch.load(tmp_path / "ckpts" / "last" / "model.pt", weights_only=True)
+    assert not torch.equal(saved["model_state_dict"]["0.weight"], model.state_dict()["0.weight"])
+
+
+def test_capture_after_the_state_changed_shape_copies_afresh(tmp_path: Path) -> None:
+    model = make_net(0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with new_ckpt(tmp_path) as ckpt:
+        ckpt.set_model({"model": model, "optimizer": optimizer})
+        ckpt.capture_state()
+        bigger = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
+        adam = torch.optim.Adam(bigger.parameters())
+        train_steps(bigger, adam, 1)
+        ckpt.set_model({"model": bigger, "optimizer": adam})
+        snapshot = ckpt.capture_state().payload
+        assert_same_state(snapshot["model_state_dict"], bigger.state_dict())
+        assert_same_state(snapshot["optimizer_state_dict"], adam.state_dict())
+
+
 def test_background_save_writes_the_state_of_its_epoch(tmp_path: Path) -> None:
     if not hasattr(candle.CandleCkpt, "wait"):
         pytest.skip("this engine has no background saves")

@@ -56,17 +56,57 @@ class KerasSnapshot:
     has_optimizer: bool = False
 
 
+Entries = dict[str, tuple[dict[str, Any] | None, dict[str, np.ndarray]]]
+
+
+def _live_array(value: Any) -> np.ndarray:
+    """A numpy view of a variable's current value where the backend allows it, else a copy.
+
+    The view (via DLPack) is only read at once, on the training thread: it saves Keras'
+    own conversion copy, which on TensorFlow costs more than the copy we keep.
+    """
+    if isinstance(value, np.ndarray):  # e.g. optimizers hand over variable.numpy()
+        return value
+    try:
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tensor = tf.convert_to_tensor(value)  # reads a variable without copying it
+        else:
+            tensor = getattr(value, "value", value)  # a Keras variable's backend tensor
+        view = np.from_dlpack(tensor)
+        if view.shape == tuple(tensor.shape) and str(view.dtype) == \
+                keras.backend.standardize_dtype(tensor.dtype):
+            return view
+    except Exception:  # no DLPack for this backend, device or dtype (e.g. bfloat16)
+        pass
+    return np.asarray(keras.ops.convert_to_numpy(value))
+
+
+def _host_array(value: Any, into: Any) -> np.ndarray:
+    """A host copy of a variable, written into ``into`` (an earlier copy) when it fits."""
+    source = _live_array(value)
+    if (type(into) is np.ndarray and into.shape == source.shape
+            and into.dtype == source.dtype and into.flags.writeable
+            and not np.may_share_memory(into, source)):
+        np.copyto(into, source)
+        return into
+    return np.array(source, copy=True)
+
+
 def _recording_store_class() -> type:
     """A weights store that records numpy copies, shaped like Keras' H5IOStore.
 
     Keras' ``_save_state`` accepts only its own store types, hence the subclass; it never
-    opens a file.
+    opens a file. Given the previous capture's entries, it copies into their arrays.
     """
     from keras.src.saving import saving_lib
 
     class _RecordingStore(saving_lib.H5IOStore):
-        def __init__(self) -> None:
-            self.entries: dict[str, tuple[dict[str, Any] | None, dict[str, np.ndarray]]] = {}
+        def __init__(self, previous: Entries | None = None, share: bool = False) -> None:
+            self.entries: Entries = {}
+            self._previous: Entries = previous or {}
+            self._share = share
             self._path = ""
 
         def __bool__(self) -> bool:
@@ -79,8 +119,11 @@ def _recording_store_class() -> type:
             return self
 
         def __setitem__(self, key: str, value: Any) -> None:
-            array = keras.ops.convert_to_numpy(value)
-            self.entries[self._path][1][key] = np.array(array, copy=True)
+            if self._share:
+                self.entries[self._path][1][key] = _live_array(value)
+                return
+            into = self._previous.get(self._path, (None, {}))[1].get(key)
+            self.entries[self._path][1][key] = _host_array(value, into)
 
         def __len__(self) -> int:
             return len(self.entries.get(self._path, (None, {}))[1])
@@ -94,10 +137,12 @@ def _recording_store_class() -> type:
     return _RecordingStore
 
 
-def _capture_weights(model: Any, skip: list[Any]) -> dict[str, Any]:
+def _capture_weights(model: Any, skip: list[Any], previous: Entries | None = None,
+                     share: bool = False) -> Entries:
+    """Record every variable Keras' save_weights walks: copies, or live views (share)."""
     from keras.src.saving import saving_lib
 
-    store = _recording_store_class()()
+    store = _recording_store_class()(previous, share)
     saving_lib._save_state(
         model, weights_store=store, assets_store=None, inner_path="",
         visited_saveables={id(o) for o in skip},
@@ -105,11 +150,27 @@ def _capture_weights(model: Any, skip: list[Any]) -> dict[str, Any]:
     return store.entries
 
 
-def _write_weights(entries: dict[str, Any], path: Path) -> None:
-    """Replay recorded entries into a Keras H5IOStore: the file save_weights would write."""
+def _writing_store_class() -> type:
+    """Keras' H5IOStore, minus the copy its ``__setitem__`` makes of numpy arrays."""
     from keras.src.saving import saving_lib
 
-    store = saving_lib.H5IOStore(path, mode="w")
+    class _WritingStore(saving_lib.H5IOStore):
+        def __setitem__(self, key: str, value: Any) -> None:
+            if type(value) is not np.ndarray or value.dtype.kind not in "biuf" or not hasattr(
+                self, "_h5_entry_initialized"
+            ):
+                super().__setitem__(key, value)  # Keras' own path (e.g. bfloat16)
+                return
+            if not self._h5_entry_initialized:
+                self._create_h5_group(self._h5_entry_path)
+            self._h5_entry_group[key] = value
+
+    return _WritingStore
+
+
+def _write_weights(entries: dict[str, Any], target: Path) -> None:
+    """Replay recorded entries into a Keras H5IOStore: the file save_weights would write."""
+    store = _writing_store_class()(target, mode="w")
     try:
         for inner_path, (metadata, values) in entries.items():
             store.make(inner_path, metadata=metadata)
@@ -222,6 +283,16 @@ class CandleCkptKeras(keras.callbacks.Callback, CandleCkpt):
         CandleCkpt.__init__(self, gParameters, logger, verbose)
         self._rng_to_apply: dict[str, Any] | None = None
         self._wrote_optimizer = False
+        # The arrays of the last capture: the next one copies into them (the engine
+        # captures only when no save is in flight), so memory stays at one extra copy.
+        self._buffers: Entries | None = None
+
+    def close(self) -> None:
+        """Wait for a background save, release the directory and the capture buffers."""
+        try:
+            CandleCkpt.close(self)
+        finally:
+            self._buffers = None
 
     # --------------------------------------------------------------- model plumbing
     def set_model(self, model: Any) -> None:
@@ -298,6 +369,14 @@ class CandleCkptKeras(keras.callbacks.Callback, CandleCkpt):
         }
 
     def capture_state(self) -> KerasSnapshot:
+        """Copy the weights (into the previous capture's arrays) and the RNG states."""
+        return self._capture(share=False)
+
+    def live_state(self) -> KerasSnapshot:
+        """For a sync save: views of the variables where the backend allows, no copy."""
+        return self._capture(share=True)
+
+    def _capture(self, share: bool) -> KerasSnapshot:
         model = self._require_model()
         if not model.built:
             raise CkptParamError("the model is not built; build it (or call it once) first")
@@ -309,7 +388,9 @@ class CandleCkptKeras(keras.callbacks.Callback, CandleCkpt):
         ]
         rng.update(_capture_global_rng())
         try:
-            entries = _capture_weights(model, skip)
+            entries = _capture_weights(model, skip, self._buffers, share)
+            if not share:  # never keep views of live variables as buffers to copy into
+                self._buffers = entries
             return KerasSnapshot(entries, None, rng, optimizer is not None and not skip)
         except (ImportError, AttributeError, TypeError, ValueError) as err:
             # Keras' internal saving walk changed: fall back to save_weights into memory.
@@ -325,6 +406,9 @@ class CandleCkptKeras(keras.callbacks.Callback, CandleCkpt):
     def write_state(self, snapshot: KerasSnapshot, sink: FileSink) -> str:
         self._wrote_optimizer = snapshot.has_optimizer
         if snapshot.weights is not None:
+            # By path, then re-read once for the checksum: building the HDF5 image in
+            # memory and streaming it through sink.open measured ~40% slower (h5py's
+            # writes into a BytesIO plus the copy out cost more than the re-read).
             _write_weights(snapshot.weights, sink.path(MODEL_FILE))
         else:
             assert snapshot.weights_file_bytes is not None

@@ -110,6 +110,9 @@ class CandleCkptPyTorch(CandleCkpt):
         self._epoch_now: int | None = None
         self._metric_now: float | None = None
         self._written: TorchSnapshot | None = None
+        # The host copies of the last capture, by set_model key: the next capture copies
+        # into them (the engine captures only when no save is in flight).
+        self._buffers: dict[str, Any] = {}
         super().__init__(gParams, logger, verbose)
 
     # ----------------------------------------------------------------- the CANDLE API
@@ -207,6 +210,13 @@ class CandleCkptPyTorch(CandleCkpt):
                 "state belongs to that one. Pass the same module (or call set_model again)"
             )
 
+    def close(self) -> None:
+        """Wait for a background save, release the directory and the capture buffers."""
+        try:
+            super().close()
+        finally:
+            self._buffers = {}
+
     def _require_model(self, caller: str) -> None:
         if self.model is None:
             raise CkptParamError(
@@ -216,9 +226,26 @@ class CandleCkptPyTorch(CandleCkpt):
 
     # ----------------------------------------------------------------- saving
     def capture_state(self) -> TorchSnapshot:
-        """Copy every state to host memory (tensors detached and cloned to the CPU)."""
+        """Copy every state to host memory (tensors detached and copied to the CPU).
+
+        Tensors are copied into the previous snapshot's buffers where shape, dtype and
+        strides still match (fresh ones otherwise): the previous snapshot is overwritten.
+        """
         self._require_model("ckpt_epoch")
-        states = {e.key: _host_copy(_entry_state(e), e.key) for e in self._entries}
+        return self._snapshot(self._host_states())
+
+    def live_state(self) -> TorchSnapshot:
+        """The state for a sync save: CPU tensors as they are (training waits meanwhile).
+
+        Only the containers are copied; tensors that are views into a larger storage,
+        or not on the CPU, are still copied (torch.save would write a view's whole
+        storage). The capture buffers are left alone: they must never alias live state.
+        """
+        self._require_model("ckpt_epoch")
+        return self._snapshot({e.key: _host_copy(_entry_state(e), e.key, share=True)
+                               for e in self._entries})
+
+    def _snapshot(self, states: dict[str, Any]) -> TorchSnapshot:
         rng = capture_rng()
         payload: dict[str, Any] = {
             "format": FORMAT,
@@ -235,7 +262,8 @@ class CandleCkptPyTorch(CandleCkpt):
     def write_state(self, snapshot: TorchSnapshot, sink: FileSink) -> str:
         with sink.open(MODEL_FILE) as f:
             torch.save(snapshot.payload, cast(IO[bytes], f))  # write-only is enough
-        self._written = snapshot
+        # What state_metadata describes; not the tensors (a sync save's are the live ones).
+        self._written = TorchSnapshot({}, snapshot.entries, snapshot.rng_states)
         return MODEL_FILE
 
     def state_metadata(self) -> dict[str, Any]:
@@ -274,8 +302,30 @@ class CandleCkptPyTorch(CandleCkpt):
                       "holds no RNG states, so the resumed run is not bit-identical to an "
                       "uninterrupted one")
 
+    def _host_states(self) -> dict[str, Any]:
+        """Host copies of every entry's state, reusing (and replacing) the buffers."""
+        buffers = self._buffers
+        states = {e.key: _host_copy(_entry_state(e), e.key, buffers.get(e.key))
+                  for e in self._entries}
+        self._buffers = dict(states)
+        return states
+
     def _capture_for_rollback(self) -> _Restore:
-        states = {e.key: _host_copy(_entry_state(e), e.key) for e in self._entries}
+        """What undoes a failed load: copies of what loading overwrites in place.
+
+        A stock optimizer's load replaces its state tensors instead of writing into them,
+        so references to them are enough (a full copy of Adam's state would cost twice
+        the model's size). The rest is copied, with ``ckpt_async`` into the capture
+        buffers (no save is in flight during restart), which the next capture reuses.
+        """
+        states: dict[str, Any] = {}
+        for e in self._entries:
+            if _loads_by_replacing(e.obj):
+                states[e.key] = _host_copy(_entry_state(e), e.key, share=True)
+                continue
+            states[e.key] = _host_copy(_entry_state(e), e.key, self._buffers.get(e.key))
+            if self.settings.async_save:  # sync saves never need buffers: do not keep it
+                self._buffers[e.key] = states[e.key]
         model = states.pop("model")
         optimizer = states.pop("optimizer")
         return _Restore(model, optimizer, states, capture_rng())
@@ -442,8 +492,13 @@ def _metric_float(value: Any) -> float | None:
 _SCALARS = (type(None), bool, int, float, complex, str, bytes)
 
 
-def _host_copy(value: Any, where: str) -> Any:
+def _host_copy(value: Any, where: str, into: Any = None, share: bool = False) -> Any:
     """Deep-copy ``value`` to host memory, keeping only what weights_only can read back.
+
+    ``into`` is an earlier copy of the same state: its tensors are overwritten where they
+    fit (same shape, dtype and strides), which saves allocating (and page-faulting in)
+    the whole state again; anything that does not fit is copied afresh. With ``share``,
+    compact CPU tensors are not copied at all (detached views of the live ones).
 
     Raises:
         CkptParamError: ``where`` holds an object torch.load(weights_only=True) refuses.
@@ -452,22 +507,28 @@ def _host_copy(value: Any, where: str) -> Any:
     if kind in _SCALARS:
         return value
     if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
+        source = value.detach()
+        if share and _compact_cpu(source):
+            return source
+        if _fits(into, source):
+            return into.copy_(source)
+        return source.to("cpu", copy=True)
     if kind is bytearray:
         return bytearray(value)
     if kind in (torch.Size, torch.dtype, torch.device):
         return value
     if kind in (dict, OrderedDict, Counter):
-        out: Any = kind({_host_copy(k, where): _host_copy(v, f"{where}[{k!r}]")
+        old = into if type(into) is kind else {}
+        out: Any = kind({_host_copy(k, where): _host_copy(v, f"{where}[{k!r}]", old.get(k), share)
                     for k, v in value.items()})
         metadata = getattr(value, "_metadata", None)
         if metadata is not None:  # module versions, used by load_state_dict
             out._metadata = _host_copy(metadata, where)
         return out
-    if kind is list:
-        return [_host_copy(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if kind is tuple:
-        return tuple(_host_copy(v, f"{where}[{i}]") for i, v in enumerate(value))
+    if kind in (list, tuple):
+        olds = into if type(into) is kind and len(into) == len(value) else [None] * len(value)
+        return kind(_host_copy(v, f"{where}[{i}]", o, share)
+                    for i, (v, o) in enumerate(zip(value, olds, strict=True)))
     if kind is set:
         return {_host_copy(v, where) for v in value}
     if _np is not None and isinstance(value, _np.generic) and value.dtype.kind in "biufc":
@@ -476,6 +537,44 @@ def _host_copy(value: Any, where: str) -> Any:
         f"cannot checkpoint {where}: it holds a {kind.__module__}.{kind.__qualname__}, which "
         "torch.load(weights_only=True) cannot read back. State must consist of tensors, "
         "numbers, strings, bytes and dict/list/tuple/set containers"
+    )
+
+
+def _loads_by_replacing(obj: Any) -> bool:
+    """Does ``obj.load_state_dict`` swap in new tensors, leaving its old ones untouched?"""
+    optimizer = torch.optim.Optimizer
+    return isinstance(obj, optimizer) and type(obj).load_state_dict is optimizer.load_state_dict
+
+
+def _compact_cpu(tensor: torch.Tensor) -> bool:
+    """A plain CPU tensor that is all of its storage (torch.save writes just its bytes)."""
+    return (
+        type(tensor) is torch.Tensor
+        and tensor.device.type == "cpu"
+        and tensor.layout == torch.strided
+        and not tensor.is_quantized
+        and not (tensor.is_conj() or tensor.is_neg())
+        and tensor.storage_offset() == 0
+        and tensor.is_contiguous()
+        and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+    )
+
+
+def _fits(buffer: Any, source: torch.Tensor) -> bool:
+    """Can ``buffer`` (an earlier host copy) take ``source``'s values via ``copy_``?"""
+    return (
+        type(buffer) is torch.Tensor
+        and type(source) is torch.Tensor  # no subclasses: their copies may carry more
+        and buffer is not source
+        and buffer.device.type == "cpu"
+        and buffer.layout == torch.strided
+        and source.layout == torch.strided
+        and not source.is_quantized
+        and not (source.is_conj() or source.is_neg())
+        and buffer.dtype == source.dtype
+        and buffer.shape == source.shape
+        and buffer.stride() == source.stride()
+        and buffer.storage_offset() == 0
     )
 
 
