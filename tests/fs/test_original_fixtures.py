@@ -20,6 +20,8 @@ from candle_ckpt.testing import CandleCkptFiles
 
 # ../shared beside the repository, as issue 2 names it.
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "original-candle"
+if not FIXTURES.is_dir():  # a clone somewhere other than beside shared/
+    FIXTURES = Path("/work/shared/fixtures/original-candle")
 FLAVOURS = ["keras", "torch"]
 
 
