@@ -577,9 +577,12 @@ def test_original_candle_crc32_is_verified_and_a_damaged_file_skipped(tmp_path: 
 
 
 # ------------------------------------------------------------------------------ exact resume
-def _train(ckpt_dir: Path, out: Path, epochs: int, exit_after: int = 0) -> str:
+def _train(ckpt_dir: Path, out: Path, epochs: int, exit_after: int = 0,
+           async_: bool = False) -> str:
     cmd = [sys.executable, str(HERE / "torch_trainer.py"), "--ckpt-dir", str(ckpt_dir),
            "--epochs", str(epochs), "--out", str(out), "--exit-after", str(exit_after)]
+    if async_:
+        cmd.append("--async")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     expected_rc = 17 if exit_after else 0
@@ -587,14 +590,18 @@ def _train(ckpt_dir: Path, out: Path, epochs: int, exit_after: int = 0) -> str:
     return done.stdout
 
 
-def test_kill_and_restart_is_bit_identical_to_an_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("async_", [False, True], ids=["sync", "async"])
+def test_kill_and_restart_is_bit_identical_to_an_uninterrupted_run(
+    tmp_path: Path, async_: bool
+) -> None:
     epochs, kill_after = 5, 2
     straight = tmp_path / "straight.pt"
     resumed = tmp_path / "resumed.pt"
     assert "initial_epoch=0" in _train(tmp_path / "a", straight, epochs)
-    _train(tmp_path / "b", resumed, epochs, exit_after=kill_after)
+    _train(tmp_path / "b", resumed, epochs, exit_after=kill_after, async_=async_)
     assert not resumed.exists()  # the process died without finishing
-    assert f"initial_epoch={kill_after}" in _train(tmp_path / "b", resumed, epochs)
+    assert f"initial_epoch={kill_after}" in _train(tmp_path / "b", resumed, epochs,
+                                                   async_=async_)
 
     a = torch.load(straight, weights_only=True)
     b = torch.load(resumed, weights_only=True)

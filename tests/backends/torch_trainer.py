@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, required=True)
     ap.add_argument("--exit-after", type=int, default=0)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--async", dest="async_", action="store_true")
     args = ap.parse_args()
 
     torch.set_num_threads(1)
@@ -50,6 +51,7 @@ def main() -> None:
         "ckpt_directory": args.ckpt_dir,
         "ckpt_checksum": True,
         "ckpt_keep_limit": 2,
+        "ckpt_async": args.async_,
     }
     # The CANDLE usage pattern, as benchmarks write it.
     ckpt = candle.CandleCkptPyTorch(params, logger=None)
@@ -73,6 +75,7 @@ def main() -> None:
         scheduler.step()
         ckpt.ckpt_epoch(epoch, total / len(loader))
         if epoch + 1 == args.exit_after:
+            ckpt.wait()  # async: die once epoch K's checkpoint is durable
             os._exit(EXIT_CODE)
     ckpt.on_train_end()
 
