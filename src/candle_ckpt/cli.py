@@ -26,7 +26,13 @@ from typing import Any
 
 from .commit import Committer, acquire_lock, json_safe, release_lock
 from .errors import CkptError
-from .integrity import DEFAULT_ALGORITHM, DISABLED, LEGACY_ALGORITHM, verify_checkpoint
+from .integrity import (
+    DEFAULT_ALGORITHM,
+    DISABLED,
+    LEGACY_ALGORITHM,
+    check_checkpoint,
+    has_checksums,
+)
 from .layout import INFO_FILE, LOCK_FILE, LOG_FILE, CheckpointSummary, Layout, summarize
 from .policy import epochs_to_keep
 
@@ -361,21 +367,15 @@ def check_epoch(layout: Layout, epoch: int) -> tuple[list[str], str]:
     Problems name the file they concern by its full path.
     """
     directory = layout.epoch_dir(epoch)
-    info_path = directory / INFO_FILE
-    try:
-        info = layout.read_info(epoch)
-    except FileNotFoundError:
-        return [f"{info_path}: missing (incomplete checkpoint)"], ""
-    except (OSError, ValueError) as err:
-        return [f"{info_path}: cannot be read: {err}"], ""
-    if info.get("epoch") != epoch:
-        return [f"{info_path}: says epoch {info.get('epoch')!r}, its directory is {epoch}"], ""
-    problems = [f"{directory}{os.sep}{p}" for p in verify_checkpoint(directory, info, True)]
+    info, found = check_checkpoint(directory, epoch, True)
+    problems = [f"{directory}{os.sep}{p}" for p in found]
+    if info is None or info.get("epoch") != epoch:
+        return problems, ""
     files = info.get("files")
     if isinstance(files, dict):
         count = len(files)
         nbytes = sum(int(e.get("size", 0)) for e in files.values() if isinstance(e, dict))
-        summed = files and all(isinstance(e, dict) and "checksum" in e for e in files.values())
+        summed = bool(files) and has_checksums(info)
         algorithm = info.get("checksum_algorithm") or DEFAULT_ALGORITHM
         how = f"sizes and {algorithm} checksums" if summed else "sizes only (no checksums recorded)"
         return problems, f"{count} file(s), {human_size(nbytes)}; {how}"

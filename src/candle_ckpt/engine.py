@@ -33,7 +33,13 @@ from .errors import (
     CkptError,
     CkptParamError,
 )
-from .integrity import DEFAULT_ALGORITHM, DISABLED, checksum_file, verify_checkpoint
+from .integrity import (
+    DEFAULT_ALGORITHM,
+    DISABLED,
+    check_checkpoint,
+    checksum_file,
+    has_checksums,
+)
 from .layout import INFO_FILE, Layout, read_info_file
 from .params import ParamType
 from .policy import best_direction, epochs_to_delete, is_improvement, should_save
@@ -389,20 +395,21 @@ class CandleCkpt:
             raise CkptParamError(
                 f"direction: value {direction!r} is not allowed; accepted: '+', '-'"
             )
+        metric = _as_float(metric_value)
         self._ensure_lock()
         self.wait()  # at most one save in flight; capture may reuse the previous buffers
         best_before = (self.best_metric_last, self.epoch_best)
-        if not self.save_check(epoch_now, direction, metric_value):
+        if not self.save_check(epoch_now, direction, metric):
             return False
         # save_check changed the best only for a new best (also when this epoch is re-done
         # with a better metric: its old best link is removed while it is moved aside).
         is_best = (self.best_metric_last, self.epoch_best) != best_before
         try:
             if self.settings.async_save:
-                self._start_background(epoch_now, self.capture_state(), _as_float(metric_value),
-                                       is_best, best_before)
+                self._start_background(epoch_now, self.capture_state(), metric, is_best,
+                                       best_before)
             else:
-                self._commit(epoch_now, self.live_state(), _as_float(metric_value), is_best)
+                self._commit(epoch_now, self.live_state(), metric, is_best)
         except BaseException:
             self.best_metric_last, self.epoch_best = best_before
             raise
@@ -700,22 +707,14 @@ class CandleCkpt:
     def _try_load(self, layout: Layout, epoch: int, verbose: bool) -> str | None:
         """Validate and load one checkpoint; None on success, else why it was skipped."""
         directory = layout.epoch_dir(epoch)
-        try:
-            info = layout.read_info(epoch)
-        except FileNotFoundError:
-            return f"{INFO_FILE} missing (incomplete checkpoint)"
-        except (OSError, ValueError) as err:
-            return f"{INFO_FILE} unparsable: {err}"
-        if info.get("epoch") != epoch:
-            return f"{INFO_FILE} says epoch {info.get('epoch')!r}, directory is {epoch}"
+        info, problems = check_checkpoint(directory, epoch, self.checksum_enabled)
+        if info is None or problems:
+            return "; ".join(problems)
         try:
             _as_float(info.get("best_metric_last"))
         except CkptParamError:
             return f"{INFO_FILE}: best_metric_last {info.get('best_metric_last')!r} is not a number"
-        problems = verify_checkpoint(directory, info, self.checksum_enabled)
-        if problems:
-            return "; ".join(problems)
-        if self.checksum_enabled and not _has_checksums(info):
+        if self.checksum_enabled and not has_checksums(info):
             self.warning(f"{directory} was written without checksums; verified sizes only")
         try:
             self.load_state(directory, info)
@@ -744,13 +743,6 @@ class _Pending:
         self.best_before = best_before
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
-
-
-def _has_checksums(info: dict[str, Any]) -> bool:
-    files = info.get("files")
-    if isinstance(files, dict) and files:
-        return all(isinstance(f, dict) and "checksum" in f for f in files.values())
-    return isinstance(info.get("checksum"), str) and info.get("checksum") != DISABLED
 
 
 def _as_float(value: Any) -> float | None:

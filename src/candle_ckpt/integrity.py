@@ -10,6 +10,8 @@ from typing import Any, Protocol
 
 import xxhash
 
+from .layout import INFO_FILE, read_info_file
+
 DEFAULT_ALGORITHM = "xxh3_64"
 LEGACY_ALGORITHM = "crc32"  # the original CANDLE: zlib CRC32 of model.h5, decimal string
 DISABLED = "__DISABLED__"
@@ -134,3 +136,30 @@ def verify_checkpoint(
         if got != want:
             problems.append(f"{model_file}: checksum {got} != {want} recorded ({algorithm})")
     return problems
+
+
+def check_checkpoint(
+    directory: Path, epoch: int, check_checksums: bool
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """Read and verify the checkpoint of ``epoch`` in ``directory``.
+
+    Returns its ``ckpt-info.json`` (None when unreadable) and the problems found, each
+    naming the file it concerns relative to ``directory`` (empty when it holds up).
+    """
+    try:
+        info = read_info_file(directory / INFO_FILE)
+    except FileNotFoundError:
+        return None, [f"{INFO_FILE}: missing (incomplete checkpoint)"]
+    except (OSError, ValueError) as err:
+        return None, [f"{INFO_FILE}: cannot be read: {err}"]
+    if info.get("epoch") != epoch:
+        return info, [f"{INFO_FILE}: says epoch {info.get('epoch')!r}, its directory is {epoch}"]
+    return info, verify_checkpoint(directory, info, check_checksums)
+
+
+def has_checksums(info: dict[str, Any]) -> bool:
+    """Did the writer record checksums for this checkpoint's files?"""
+    files = info.get("files")
+    if isinstance(files, dict) and files:
+        return all(isinstance(f, dict) and "checksum" in f for f in files.values())
+    return isinstance(info.get("checksum"), str) and info.get("checksum") != DISABLED
