@@ -14,6 +14,7 @@ from .engine import CandleCkpt
 from .errors import (
     CheckpointCorruptError,
     CheckpointLockedError,
+    CheckpointMismatchError,
     CheckpointNotFoundError,
     CheckpointWriteError,
     CkptError,
@@ -87,6 +88,7 @@ __all__ = [
     "CkptParamTypeError",
     "CheckpointCorruptError",
     "CheckpointLockedError",
+    "CheckpointMismatchError",
     "CheckpointNotFoundError",
     "CheckpointWriteError",
     "MetricNotFoundError",

@@ -1,123 +1,32 @@
-"""CandleCkpt: the framework-agnostic checkpoint engine.
+"""CandleCkpt: the CANDLE checkpoint API, a thin facade over the parts that do the work.
 
-It glues the validated parameters, the pure policies, the layout and the commit
-protocol. Backends subclass it and implement three hooks:
-
-- ``capture_state()`` (training thread): copy what must be saved into host memory;
-  ``live_state()`` may skip the copy for synchronous saves (training waits for them);
-- ``write_state(snapshot, sink)``: write that snapshot's files through a FileSink and
-  return the name of the main model file;
-- ``load_state(directory, info)``: restore from a validated checkpoint directory.
-
-Keeping capture separate from writing is what lets a save run in the background.
+``params`` validates the hyperparameters, ``policy`` decides (save? best? keep?), a
+``Saver`` (``AsyncSaver`` with ``ckpt_async``) writes and commits a frozen
+``SaveRecord``, a ``Restorer`` finds, validates and loads, and a backend (the protocol
+in ``backend.py``) captures, writes and loads the framework's state. Every method name
+of the spec is here, each delegating; the engine never calls its own overridable spec
+methods, so a user subclass overriding one cannot change how saving works.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import shutil
-import sys
-import threading
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from . import params as _params
-from .commit import Committer, FileSink, acquire_lock, release_lock
-from .errors import (
-    CheckpointCorruptError,
-    CheckpointNotFoundError,
-    CheckpointWriteError,
-    CkptError,
-    CkptParamError,
-)
-from .integrity import (
-    DEFAULT_ALGORITHM,
-    DISABLED,
-    check_checkpoint,
-    checksum_file,
-    has_checksums,
-)
+from .backend import Backend, NoBackend
+from .commit import Committer, acquire_lock, release_lock
+from .errors import CheckpointCorruptError, CkptParamError
+from .integrity import DEFAULT_ALGORITHM, DISABLED, checksum_file
 from .layout import INFO_FILE, Layout, read_info_file
+from .logs import CkptLog, check_logger, relpath
 from .params import ParamType
-from .policy import best_direction, epochs_to_delete, is_improvement, should_save
-
-FORMAT_VERSION = 1
-_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
-_log_setup_guard = threading.Lock()
-_file_loggers: dict[str, logging.Logger] = {}
-
-
-class _AppendHandler(logging.Handler):
-    """Appends each record to ckpt.log and closes it again.
-
-    Records are few (a handful per checkpoint), and holding no descriptor means a run
-    directory can be unmounted, moved or deleted while the process lives on.
-    """
-
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self.path = path
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(self.format(record) + "\n")
-        except OSError:
-            self.handleError(record)
-
-
-def _file_logger(path: Path) -> logging.Logger:
-    """One logger and one handler per ckpt.log, however many engines use it."""
-    key = os.path.realpath(path)
-    with _log_setup_guard:
-        # Keyed by the exact path, not by a logger name derived from it: logging treats
-        # "." as a hierarchy separator, and any escaping of it lets two paths collide.
-        logger = _file_loggers.get(key)
-        if logger is None:
-            logger = _file_loggers[key] = logging.Logger("candle_ckpt.file:" + key)
-            handler = _AppendHandler(key)
-            handler.setFormatter(
-                logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", _TIME_FORMAT)
-            )
-            logger.addHandler(handler)
-            logger.setLevel(logging.DEBUG)
-            logger.propagate = False
-    return logger
-
-
-class _StdoutHandler(logging.StreamHandler):
-    """Writes to whatever sys.stdout is at the time (it may be redirected later)."""
-
-    def __init__(self) -> None:
-        super().__init__(sys.stdout)
-
-    @property
-    def stream(self) -> Any:
-        return sys.stdout
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
-
-
-def _console_logger() -> logging.Logger:
-    """The shared "DEFAULT" console logger (stdout, one handler, no propagation).
-
-    Its level stays INFO: each engine filters by its own ``verbose`` (see ``_say``), so a
-    quiet engine does not silence the others.
-    """
-    logger = logging.getLogger("candle_ckpt")
-    with _log_setup_guard:
-        if not logger.handlers:
-            handler = _StdoutHandler()
-            handler.setFormatter(logging.Formatter("ckpt: %(message)s"))
-            logger.addHandler(handler)
-            logger.propagate = False
-            logger.setLevel(logging.INFO)
-    return logger
+from .policy import BestTracker, best_direction, should_save
+from .record import SaveRecord, Written, as_metric, to_info
+from .restorer import Restorer
+from .saver import AsyncSaver, KeepRule, Saver
 
 
 class CandleCkpt:
@@ -138,79 +47,44 @@ class CandleCkpt:
     def __init__(self, gParameters: Any = None, logger: Any = "DEFAULT", verbose: bool = True):
         self.verbose = verbose
         self.scan_params(gParameters)
-        if not (logger == "DEFAULT" or logger is None or isinstance(logger, logging.Logger)):
-            # Checked before the directory is created: a bad argument writes nothing.
-            raise CkptParamError(
-                f"logger: value {logger!r} is not accepted; give 'DEFAULT', None or a "
-                "logging.Logger"
-            )
-        self._check_directory()
+        check_logger(logger)  # before the directory is created: a bad argument writes nothing
+        _make_directory(self.settings.directory)
         self.layout = Layout.ours(self.settings.directory)
-        self._ckpt_log = _file_logger(self.layout.log_file)
-        # The least severe level shown on the console (the default logger obeys verbose).
-        self._console_min = logging.NOTSET
-        if logger == "DEFAULT":
-            self._console: logging.Logger | None = _console_logger()
-            self._console_min = logging.INFO if verbose else logging.WARNING
-        elif logger is None:
-            self._console = None
-        else:
-            self._console = logger
-        self.committer = Committer(self.layout, self.info)
+        self._log = CkptLog(self.layout.log_file, logger, verbose)
+        self.backend: Backend = self._new_backend()
         self.direction = best_direction(self.save_best_metric, self.settings.save_best_mode)
-        self.epoch_best: int | None = None
-        self.epochs: list[int] = []  # written by this engine: the keep policy's scope
-        self.epoch_restarted: int | None = None
-        self.timestamp_last: float | None = None
+        self._best = BestTracker(self.direction.sign, self.settings.best_metric_last)
+        self.committer = Committer(self.layout, self.info)
+        keep = KeepRule(self.keep_mode, self.keep_limit)
+        self._saver = Saver(self.layout, self.committer, self.backend, self._log, keep)
+        self._async = AsyncSaver(self._saver) if self.settings.async_save else None
+        self._restorer = Restorer(self.settings.directory, self.restart_mode,
+                                  self.checksum_enabled, self._log)
+        self._time_last: float | None = None
         self.restart_info: dict[str, Any] | None = None
-        self.cksum_model = DISABLED
-        self.time_saving = 0.0
         self._lock_key: str | None = None
-        self._pending: _Pending | None = None
         self._ensure_lock()
         if self.restart_mode != "off" and self.settings.best_metric_last is None:
-            self._peek_best()
+            peeked = self._restorer.peek_best()
+            if peeked is not None:
+                self._best = BestTracker(self.direction.sign, peeked.value, peeked.epoch)
         self.report_initial()
+
+    def _new_backend(self) -> Backend:
+        """The backend of this engine (backends' public classes return theirs)."""
+        return NoBackend()
 
     # ----------------------------------------------------------------- parameters
     def scan_params(self, gParams: Any) -> None:
         """Simply translate gParameters into instance fields (validating every one)."""
         self.gParams = gParams
-        s = _params.read_settings(gParams)
-        self.settings = s
-        self.restart_mode = s.restart_mode
-        self.save_best = s.save_best
-        self.save_best_metric = s.save_best_metric
-        self.skip_epochs = s.skip_epochs
-        self.save_interval = s.save_interval
-        self.checksum_enabled = s.checksum
-        self.keep_mode = s.keep_mode
-        self.keep_limit = s.keep_limit
-        self.ckpt_directory = str(s.directory)
-        self.metadata = s.metadata
-        self.epoch_max = s.epochs
-        self.save_weights_only = s.save_weights_only
-        self.best_metric_last: float | None = s.best_metric_last
-
-    def _check_directory(self) -> None:
-        d = self.settings.directory
-        if d.exists() and not d.is_dir():
-            raise CkptParamError(
-                f"parameter 'ckpt_directory': value {str(d)!r} is a file; "
-                "give a directory (it is created if missing)"
-            )
-        probe = d if d.exists() else next((p for p in d.parents if p.exists()), Path("."))
-        if not os.access(probe, os.W_OK | os.X_OK):
-            raise CkptParamError(
-                f"parameter 'ckpt_directory': value {str(d)!r} is not writable "
-                f"({str(probe)!r} denies write access); give a writable directory"
-            )
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise CkptParamError(
-                f"parameter 'ckpt_directory': value {str(d)!r} cannot be created: {err}"
-            ) from err
+        s = self.settings = _params.read_settings(gParams)
+        self.restart_mode, self.save_best = s.restart_mode, s.save_best
+        self.save_best_metric, self.skip_epochs = s.save_best_metric, s.skip_epochs
+        self.save_interval, self.checksum_enabled = s.save_interval, s.checksum
+        self.keep_mode, self.keep_limit = s.keep_mode, s.keep_limit
+        self.ckpt_directory, self.metadata = str(s.directory), s.metadata
+        self.epoch_max, self.save_weights_only = s.epochs, s.save_weights_only
 
     def param(self, key: str, dflt: Any, type_: ParamType = ParamType.STRING,
               allowed: Any = None) -> Any:
@@ -238,39 +112,64 @@ class CandleCkpt:
     def disabled(self, key: str) -> bool:
         return _params.disabled(self.gParams, key)
 
-    # ----------------------------------------------------------------- logging
-    def _say(self, level: int, message: str) -> None:
-        self._ckpt_log.log(level, message)
-        if self._console is not None and level >= self._console_min:
-            self._console.log(level, message)
+    # ----------------------------------------------------------------- state
+    @property
+    def best_metric_last(self) -> float | None:
+        """The best metric so far (including a save still in flight)."""
+        pending = self._async.pending if self._async is not None else None
+        return pending.best_metric_last if pending is not None else self._best.value
 
+    @best_metric_last.setter
+    def best_metric_last(self, value: Any) -> None:
+        self._best = BestTracker(self._best.sign, _metric(value), self._best.epoch)
+
+    @property
+    def epoch_best(self) -> int | None:
+        pending = self._async.pending if self._async is not None else None
+        return pending.epoch_best if pending is not None else self._best.epoch
+
+    @property
+    def epochs(self) -> list[int]:
+        """The epochs this engine wrote and still keeps (the keep policy's scope)."""
+        return self._saver.run_epochs
+
+    @property
+    def epoch_restarted(self) -> int | None:
+        return self._saver.resumed_from
+
+    @property
+    def time_saving(self) -> float:
+        return self._saver.time_saving
+
+    # ----------------------------------------------------------------- logging
     def info(self, message: str) -> None:
-        self._say(logging.INFO, message)
+        self._log.info(message)
 
     def debug(self, message: str) -> None:
-        self._say(logging.DEBUG, message)
+        self._log.debug(message)
 
     def warning(self, message: str) -> None:
-        self._say(logging.WARNING, message)
+        self._log.warning(message)
 
     def relpath(self, p: Any) -> Path:
         """If Path p is relative to CWD, relativize it and return it."""
-        p = Path(os.path.abspath(p))  # abspath, not resolve: keep last/best as named
-        try:
-            return p.relative_to(os.path.abspath(os.getcwd()))
-        except ValueError:
-            return p
+        return relpath(p)
 
     def report_initial(self) -> None:
         """Simply report that we are ready to run."""
         s = self.settings
+        source = getattr(s, "directory_source", None)
         self.info(
-            f"checkpointing into {self.relpath(s.directory)}: restart_mode={s.restart_mode} "
-            f"save_best={s.save_best} metric={s.save_best_metric!r} "
-            f"({self.direction.mode}; {self.direction.reason}) interval={s.save_interval} "
-            f"skip={s.skip_epochs} keep={s.keep_mode}/{s.keep_limit} checksum={s.checksum} "
-            f"backend={self.backend_name}"
+            f"checkpointing into {relpath(s.directory)}"
+            + (f" ({source})" if source else "")
+            + f": restart_mode={s.restart_mode} save_best={s.save_best} "
+            f"metric={s.save_best_metric!r} ({self.direction.mode}; {self.direction.reason}) "
+            f"interval={s.save_interval} skip={s.skip_epochs} keep={s.keep_mode}/"
+            f"{s.keep_limit} checksum={s.checksum} backend={self.backend_name}"
         )
+        if s.save_interval == 0:
+            self.info("ckpt_save_interval=0: no checkpoint is saved in this run (no interval, "
+                      "best or final-epoch checkpoints); restart still reads existing ones")
 
     def report_final(self) -> None:
         self.info(
@@ -280,7 +179,7 @@ class CandleCkpt:
             f"time saving {self.time_saving:.3f}s"
         )
 
-    # ----------------------------------------------------------------- lock
+    # ----------------------------------------------------------------- lock, lifetime
     def _ensure_lock(self) -> None:
         if self._lock_key is None:
             self._lock_key, first_holder = acquire_lock(self.layout)
@@ -288,6 +187,19 @@ class CandleCkpt:
             # directory: another one may have a save in flight in work/.
             if first_holder:
                 self.committer.recover()
+
+    def wait(self) -> None:
+        """Wait for a background save to be committed; raise its error if it failed.
+
+        Raises:
+            CheckpointWriteError: the background save failed (earlier checkpoints, ``last``
+                and the best so far are untouched).
+        """
+        saver = getattr(self, "_async", None)
+        if saver is not None:
+            record = saver.wait()
+            if record is not None:
+                self._adopt(record)
 
     def close(self) -> None:
         """Wait for a background save, then release the checkpoint directory.
@@ -321,64 +233,17 @@ class CandleCkpt:
             self.report_final()
             self.close()
 
-    # ----------------------------------------------------------------- backend hooks
-    def capture_state(self) -> Any:
-        """Copy the state to save into host memory (training thread).
-
-        Called only when no save is in flight, so a backend may reuse the buffers of
-        its previous snapshot (memory stays bounded at one extra copy).
-        """
-        raise NotImplementedError(f"{type(self).__name__} does not implement capture_state")
-
-    def live_state(self) -> Any:
-        """The state for a synchronous save, which is written before training resumes.
-
-        So it need not be a copy: a backend may return references to the live state and
-        save the time and memory of ``capture_state``'s copy. By default, that copy.
-        """
-        return self.capture_state()
-
-    def write_state(self, snapshot: Any, sink: FileSink) -> str:
-        """Write a captured state's files; return the main model file's name."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement write_state")
-
-    def load_state(self, directory: Path, info: dict[str, Any]) -> None:
-        """Restore the state from a validated checkpoint directory."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement load_state")
-
-    def state_metadata(self) -> dict[str, Any]:
-        """Extra fields for ckpt-info.json (e.g. what the checkpoint holds)."""
-        return {}
-
-    def attach_model(self, model: Any) -> None:
-        """Hook: restart(model) hands the model here."""
-
     # ----------------------------------------------------------------- saving
     def save_check_best(self, epoch: int, direction: str, metric_value: Any) -> bool:
         """Is ``metric_value`` a new best (does not record it)?"""
-        if not self.save_best:
-            return False
-        return is_improvement(_as_float(metric_value), self.best_metric_last, direction)
+        return self.save_best and self._best.improved(_metric(metric_value), direction)
 
     def save_check(self, epoch: int, direction: str, metric_value: Any) -> bool:
         """Should the (1-based) epoch be saved? Records a new best when it is one."""
-        is_best = self.save_check_best(epoch, direction, metric_value)
-        decision = should_save(
-            epoch,
-            epochs_total=self.epoch_max,
-            skip_epochs=self.skip_epochs,
-            save_interval=self.save_interval,
-            save_best=self.save_best,
-            is_new_best=is_best,
-        )
-        if not decision.save:
-            self.debug(f"epoch {epoch}: not saving ({decision.reason})")
-            return False
-        if is_best:
-            self.best_metric_last = _as_float(metric_value)
-            self.epoch_best = epoch
-        self.debug(f"epoch {epoch}: saving ({decision.reason})")
-        return True
+        record = self._decide(int(epoch), _direction(direction), _metric(metric_value))
+        if record is not None:
+            self._best = BestTracker(self._best.sign, record.best_metric_last, record.epoch_best)
+        return record is not None
 
     def ckpt_epoch(self, epoch: int, direction: str | None = None,
                    metric_value: Any = None) -> bool:
@@ -386,169 +251,74 @@ class CandleCkpt:
 
         Procedure: 1. write the state to ckpts/work 2. rename it to ckpts/epochs/NNN
         3. if best, link ckpts/best to it 4. link ckpts/last to it 5. apply the keep
-        policy. Returns True when a checkpoint was written.
+        policy. Returns True when a checkpoint was written (with ``ckpt_async``: started).
         """
-        epoch_now = int(epoch) + 1
-        if direction is None:
-            direction = self.direction.sign
-        if direction not in ("+", "-"):
-            raise CkptParamError(
-                f"direction: value {direction!r} is not allowed; accepted: '+', '-'"
-            )
-        metric = _as_float(metric_value)
+        epoch_now = _epoch_arg(epoch) + 1
+        sign = self.direction.sign if direction is None else _direction(direction)
+        metric = _metric(metric_value)
         self._ensure_lock()
         self.wait()  # at most one save in flight; capture may reuse the previous buffers
-        best_before = (self.best_metric_last, self.epoch_best)
-        if not self.save_check(epoch_now, direction, metric):
+        record = self._decide(epoch_now, sign, metric)
+        if record is None:
             return False
-        # save_check changed the best only for a new best (also when this epoch is re-done
-        # with a better metric: its old best link is removed while it is moved aside).
-        is_best = (self.best_metric_last, self.epoch_best) != best_before
-        try:
-            if self.settings.async_save:
-                self._start_background(epoch_now, self.capture_state(), metric, is_best,
-                                       best_before)
-            else:
-                self._commit(epoch_now, self.live_state(), metric, is_best)
-        except BaseException:
-            self.best_metric_last, self.epoch_best = best_before
-            raise
+        if self._async is not None:
+            self._async.submit(record, self.backend.capture(live=False))
+        else:
+            self._saver.save(record, self.backend.capture(live=True))
+            self._adopt(record)
         return True
 
-    def _start_background(self, epoch: int, snapshot: Any, metric_value: float | None,
-                          is_best: bool, best_before: tuple[float | None, int | None]) -> None:
-        """Run the whole commit protocol on one writer thread (``ckpt_async``)."""
-        pending = _Pending(epoch, best_before)
+    def _decide(self, epoch: int, sign: str, metric: float | None) -> SaveRecord | None:
+        """The record of a save of ``epoch``, or None when the policies say no."""
+        is_best = self.save_best and self._best.improved(metric, sign)
+        decision = should_save(epoch, epochs_total=self.epoch_max, skip_epochs=self.skip_epochs,
+                               save_interval=self.save_interval, save_best=self.save_best,
+                               is_new_best=is_best)
+        self.debug(f"epoch {epoch}: {'saving' if decision.save else 'not saving'} "
+                   f"({decision.reason})")
+        if not decision.save:
+            return None
+        best = self._best.after(epoch, metric, sign) if is_best else self._best
+        return self._record(epoch, metric, is_best, best)
 
-        def write() -> None:
-            try:
-                self._commit(epoch, snapshot, metric_value, is_best)
-            except BaseException as err:  # reported by the next call into the engine
-                pending.error = err
-                self.warning(f"epoch {epoch}: background save failed: {err}")
+    def _record(self, epoch: int, metric: float | None, is_best: bool,
+                best: BestTracker) -> SaveRecord:
+        return SaveRecord(
+            epoch=epoch, metric_value=metric, is_best=is_best, best_metric_last=best.value,
+            epoch_best=best.epoch, save_best_metric=self.save_best_metric,
+            best_mode=self.direction.mode,
+            checksum_algorithm=DEFAULT_ALGORITHM if self.checksum_enabled else None,
+            metadata=self.metadata, backend=self.backend_name, time=time.time(),
+            time_previous=self._time_last)
 
-        # Not a daemon: interpreter exit waits for the checkpoint to become durable.
-        pending.thread = threading.Thread(target=write, name=f"candle-ckpt-save-{epoch}")
-        self._pending = pending
-        pending.thread.start()
-
-    def wait(self) -> None:
-        """Wait for a background save to be committed; raise its error if it failed.
-
-        Raises:
-            CheckpointWriteError: the background save failed (earlier checkpoints and
-                ``last`` are untouched).
-        """
-        pending, self._pending = getattr(self, "_pending", None), None
-        if pending is None or pending.thread is None:
-            return
-        pending.thread.join()
-        err = pending.error
-        if err is None:
-            return
-        self.best_metric_last, self.epoch_best = pending.best_before
-        if isinstance(err, CkptError):
-            raise err
-        raise CheckpointWriteError(
-            getattr(err, "errno", None) or 0,
-            f"background save of epoch {pending.epoch} failed: {type(err).__name__}: {err}; "
-            "earlier checkpoints and 'last' are untouched",
-        ) from err
-
-    def _commit(self, epoch: int, snapshot: Any, metric_value: float | None,
-                is_best: bool) -> None:
-        start = time.perf_counter()
-        work = self.layout.work
-        try:
-            self.committer.new_work()
-            self.write_model(work, epoch, snapshot=snapshot, metric_value=metric_value)
-            dir_this = self.committer.publish(epoch, work)
-        except OSError as err:
-            shutil.rmtree(work, ignore_errors=True)
-            raise CheckpointWriteError(
-                err.errno,
-                f"saving epoch {epoch} into {work} failed: {err.strerror or err}; "
-                "earlier checkpoints and 'last' are untouched",
-                err.filename,
-            ) from err
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-        if is_best:
-            self.symlink(dir_this, self.layout.best)
-        elif self.epoch_best is not None and not self.layout.read_pointer("best").ok \
-                and self.layout.is_complete(self.epoch_best):
-            # best was removed (its epoch re-done) or is missing: point it back at ours.
-            self.committer.point("best", self.epoch_best)
-        self.symlink(dir_this, self.layout.last)
-        if epoch in self.epochs:
-            self.epochs.remove(epoch)
-        self.epochs.append(epoch)
-        elapsed = time.perf_counter() - start
-        self.time_saving += elapsed
-        self.info(f"epoch {epoch}: saved {self.relpath(dir_this)} in {elapsed:.3f}s"
-                  + (" (best)" if is_best else ""))
-        self.clean(epoch)
+    def _adopt(self, record: SaveRecord) -> None:
+        """A save was committed: its best is now the best so far."""
+        self._best = BestTracker(self._best.sign, record.best_metric_last, record.epoch_best)
+        self._time_last = record.time
 
     def write_model(self, dir_work: Any, epoch: int, snapshot: Any = None,
                     metric_value: float | None = None) -> dict[str, Any]:
         """Do the I/O into ``dir_work``: the backend's files, then ckpt-info.json last."""
-        dir_work = Path(dir_work)
+        record = self._record(int(epoch), _metric(metric_value), False, self._best)
         if snapshot is None:
-            snapshot = self.capture_state()
-        algorithm = DEFAULT_ALGORITHM if self.checksum_enabled else None
-        sink = FileSink(dir_work, algorithm)
-        start = time.perf_counter()
-        model_file = self.write_state(snapshot, sink)
-        files = sink.finish()
-        if model_file not in files:
-            raise CheckpointWriteError(
-                0, f"backend reported model file {model_file!r} that it did not write"
-            )
-        nbytes = sum(f["size"] for f in files.values())
-        self.debug(f"epoch {epoch}: wrote {len(files)} file(s), {nbytes} bytes in "
-                   f"{time.perf_counter() - start:.3f}s")
-        self.cksum_model = files[model_file].get("checksum", DISABLED)
-        return self.write_json(dir_work / INFO_FILE, epoch, model_file=model_file,
-                               files=files, metric_value=metric_value)
+            snapshot = self.backend.capture(live=True)
+        return self._saver.write_work(Path(dir_work), record, snapshot)
 
     def write_json(self, jsonfile: Any, epoch: int, model_file: str | None = None,
                    files: dict[str, Any] | None = None,
                    metric_value: float | None = None) -> dict[str, Any]:
         """Write the strict ckpt-info.json of a checkpoint (fsynced)."""
-        now = time.time()
-        elapsed: Any = "__FIRST__" if self.timestamp_last is None else round(
-            now - self.timestamp_last, 6)
-        self.timestamp_last = now
-        info: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "epoch": epoch,
-            "save_best_metric": self.save_best_metric,
-            "best_metric_last": self.best_metric_last,
-            "epoch_best": self.epoch_best,
-            "best_mode": self.direction.mode,
-            "metric_value": metric_value,
-            "model_file": model_file,
-            "checksum": self.cksum_model,
-            "checksum_algorithm": DEFAULT_ALGORITHM if self.checksum_enabled else None,
-            "files": files or {},
-            "timestamp": datetime.fromtimestamp(now).strftime(_TIME_FORMAT),
-            "time_elapsed": elapsed,
-            "metadata": self.metadata,
-            "backend": self.backend_name,
-        }
-        info.update(self.state_metadata())
+        record = self._record(int(epoch), _metric(metric_value), False, self._best)
+        info = to_info(record, Written(model_file or "", {}), files or {})
         self.committer.write_info(Path(jsonfile), info)
         return info
 
     def checksum(self, dir_work: Any) -> str:
         """Simple checksum dispatch: the model file's checksum, or "__DISABLED__"."""
         if not self.checksum_enabled:
-            self.cksum_model = DISABLED
             return DISABLED
         info = read_info_file(Path(dir_work) / INFO_FILE)
-        self.cksum_model = self.checksum_file(Path(dir_work) / str(info.get("model_file")))
-        return self.cksum_model
+        return checksum_file(Path(dir_work) / str(info.get("model_file")), DEFAULT_ALGORITHM)
 
     def checksum_file(self, filename: Any) -> str:
         """Read file, compute checksum, return it as a string."""
@@ -556,119 +326,29 @@ class CandleCkpt:
 
     def symlink(self, src: Any, dst: Any) -> None:
         """Like os.symlink, but relative, atomic (os.replace) and logged."""
-        src, dst = Path(src), Path(dst)
-        epoch = int(src.name)
-        self.committer.point(dst.name, epoch)
-        self.debug(f"linked {self.relpath(dst)} -> {self.layout.pointer_text(epoch)}")
+        epoch = int(Path(src).name)
+        self.committer.point(Path(dst).name, epoch)
+        self.debug(f"linked {relpath(dst)} -> {self.layout.pointer_text(epoch)}")
 
     # ----------------------------------------------------------------- keep policy
-    def _protected(self) -> set[int]:
-        protected = set()
-        for name in ("last", "best"):
-            p = self.layout.read_pointer(name)
-            if p.epoch is not None:
-                protected.add(p.epoch)
-        if self.epoch_restarted is not None:
-            protected.add(self.epoch_restarted)
-        return protected
-
     def keep(self, epoch: int, epoch_now: int, kept: int) -> bool:
         """The original linear rule: keep the newest, the best, and up to keep_limit."""
         return epoch == epoch_now or epoch == self.epoch_best or kept < self.keep_limit
 
     def clean(self, epoch_now: int) -> tuple[int, int]:
         """Delete this run's old checkpoints per the keep policy; (kept, deleted)."""
-        doomed = epochs_to_delete(self.keep_mode, self.keep_limit, self.epochs, epoch_now,
-                                  self.epoch_best, self._protected())
-        for epoch in doomed:
-            self.delete(epoch)
-        return len(self.epochs), len(doomed)
+        return self._saver.clean(epoch_now, self.epoch_best)
 
     def delete(self, epoch: int) -> None:
-        self.debug(f"deleting epoch {epoch} (keep policy {self.keep_mode}/{self.keep_limit})")
-        self.committer.delete_epoch(epoch)
-        if epoch in self.epochs:
-            self.epochs.remove(epoch)
+        self._saver.delete(epoch)
 
     # ----------------------------------------------------------------- restart
     def restart_json(self, directory: Any) -> dict[str, Any]:
         """Read a checkpoint directory's ckpt-info.json."""
-        path = Path(directory) / INFO_FILE
-        try:
-            return read_info_file(path)
-        except (OSError, ValueError) as err:
-            raise CheckpointCorruptError(f"{path}: cannot be read: {err}") from err
+        return read_info_json(directory)
 
-    def _restart_layout(self, announce: bool = True) -> tuple[Layout | None, int | None, str]:
-        """Where restart would start: (layout, epoch last points to, diagnosis).
-
-        ``announce``: log a re-anchored link (restart does; the peek at construction does
-        not, so the log says it once).
-        """
-        root = self.settings.directory
-        layout = Layout.for_restart(root)
-        if layout is None:
-            return None, None, f"no 'last' in {root}/ckpts or {root}"
-        p = layout.read_pointer("last")
-        if p.kind in ("directory", "other", "file") and p.epoch is None and not (
-            p.problem or "").startswith("dangling"):
-            raise CheckpointCorruptError(
-                f"{p.path}: {p.problem}; refusing to guess. Point it at a checkpoint with "
-                f"'candle-ckpt rollback {root} EPOCH'"
-            )
-        if p.problem and p.problem.startswith("escapes"):
-            raise CheckpointCorruptError(
-                f"{p.path}: {p.problem}; refusing to load it. Point it at a checkpoint with "
-                f"'candle-ckpt rollback {root} EPOCH'"
-            )
-        if p.epoch is None:
-            return layout, None, f"{p.path}: {p.problem}"
-        if p.reanchored and announce:
-            self.info(f"{p.path} -> {p.raw} dangles (the tree was moved); re-anchored to "
-                      f"{layout.epoch_dir(p.epoch)}")
-        return layout, p.epoch, "ok"
-
-    def _no_checkpoint(self, why: str, skipped: list[dict[str, Any]]) -> None:
-        root = self.settings.directory
-        complete = sorted(set(Layout.ours(root).complete_epochs())
-                          | set(Layout.flat(root).complete_epochs()))
-        listing = ", ".join(map(str, complete)) if complete else "none"
-        message = (f"no checkpoint to restart from ({why}); complete checkpoints on disk: "
-                   f"{listing}")
-        if complete:
-            message += (f". To resume from one, run 'candle-ckpt rollback {root} EPOCH' "
-                        "(or re-link ckpts/last to epochs/NNN) and restart")
-        if self.restart_mode == "required":
-            self.warning(message)
-            raise CheckpointNotFoundError(
-                f"ckpt_restart_mode='required' but {message}"
-                + ("; skipped: " + "; ".join(f"epoch {s['epoch']}: {s['reason']}"
-                                             for s in skipped) if skipped else "")
-            )
-        self.info(message + "; starting from scratch")
-
-    def _peek_best(self) -> None:
-        """Read best_metric_last/epoch_best from the checkpoint restart would use."""
-        try:
-            layout, epoch, _ = self._restart_layout(announce=False)
-        except CkptError:
-            return
-        if layout is None or epoch is None:
-            return
-        try:
-            info = layout.read_info(epoch)
-            self._adopt_best(layout, info)  # a non-numeric best: restart will skip it
-        except (OSError, ValueError):
-            return
-
-    def _adopt_best(self, layout: Layout, info: dict[str, Any]) -> None:
-        if self.settings.best_metric_last is not None:
-            return
-        self.best_metric_last = _as_float(info.get("best_metric_last"))
-        epoch_best = info.get("epoch_best")
-        if epoch_best is None and "format_version" not in info:
-            epoch_best = layout.read_pointer("best").epoch  # original CANDLE: from the link
-        self.epoch_best = epoch_best if isinstance(epoch_best, int) else None
+    def _attach_model(self, model: Any) -> None:
+        """Hook: ``restart(model)`` hands the model to the backend here."""
 
     def restart(self, model: Any = None, verbose: bool = True) -> dict[str, Any] | None:
         """Restart from ``last`` per ckpt_restart_mode; the info dict, or None.
@@ -676,82 +356,81 @@ class CandleCkpt:
         Raises:
             CheckpointNotFoundError: mode "required" and no usable checkpoint.
             CheckpointCorruptError: ``last`` escapes the tree or is not a link.
+            CheckpointMismatchError: the checkpoint does not fit the model (nothing loaded).
         """
         self.wait()
         if model is not None:
-            self.attach_model(model)
+            self._attach_model(model)
         if self.restart_mode == "off":
             self.info("ckpt_restart_mode='off': not restarting")
             return None
         self._ensure_lock()
-        layout, epoch, why = self._restart_layout()
-        skipped: list[dict[str, Any]] = []
-        if layout is None or epoch is None:
-            self._no_checkpoint(why, skipped)
+        result = self._restorer.restart(self.backend, verbose)
+        if result is None:
             return None
-        candidates = [epoch] + [e for e in reversed(layout.complete_epochs()) if e < epoch]
-        for candidate in candidates:
-            directory = layout.epoch_dir(candidate)
-            reason = self._try_load(layout, candidate, verbose)
-            if reason is None:
-                assert self.restart_info is not None
-                J = dict(self.restart_info)
-                J["restarted_from"] = str(directory)
-                J["skipped"] = skipped
-                return J
-            skipped.append({"epoch": candidate, "path": str(directory), "reason": reason})
-            self.warning(f"not restarting from {directory}: {reason}")
-        self._no_checkpoint("every checkpoint failed validation", skipped)
-        return None
-
-    def _try_load(self, layout: Layout, epoch: int, verbose: bool) -> str | None:
-        """Validate and load one checkpoint; None on success, else why it was skipped."""
-        directory = layout.epoch_dir(epoch)
-        info, problems = check_checkpoint(directory, epoch, self.checksum_enabled)
-        if info is None or problems:
-            return "; ".join(problems)
-        try:
-            _as_float(info.get("best_metric_last"))
-        except CkptParamError:
-            return f"{INFO_FILE}: best_metric_last {info.get('best_metric_last')!r} is not a number"
-        if self.checksum_enabled and not has_checksums(info):
-            self.warning(f"{directory} was written without checksums; verified sizes only")
-        try:
-            self.load_state(directory, info)
-        except Exception as err:  # a framework refusing the file is corruption to us
-            return f"loading failed: {type(err).__name__}: {err}"
-        self.restart_info = info
-        self.epoch_restarted = epoch
-        self._adopt_best(layout, info)
-        if verbose:
-            self.info(f"restarted from {self.relpath(directory)} (epoch {epoch}; "
-                      f"{self.save_best_metric} best={self.best_metric_last} "
-                      f"at epoch {self.epoch_best})")
-        return None
+        self.restart_info = result.J
+        self._saver.resumed_from = result.epoch
+        if self.settings.best_metric_last is None:
+            self._best = BestTracker(self._best.sign, result.best.value, result.best.epoch)
+        return result.J
 
     def build_model(self, model_file: Any) -> None:
         """Load the state from a checkpoint's model file (its directory's files)."""
         directory = Path(model_file).parent
-        self.load_state(directory, self.restart_json(directory))
+        restored = self.backend.load(directory, read_info_json(directory))
+        for note in restored.apply():
+            self.warning(note)
 
 
-class _Pending:
-    """A background save in flight."""
-
-    def __init__(self, epoch: int, best_before: tuple[float | None, int | None]) -> None:
-        self.epoch = epoch
-        self.best_before = best_before
-        self.thread: threading.Thread | None = None
-        self.error: BaseException | None = None
-
-
-def _as_float(value: Any) -> float | None:
-    if value is None:
-        return None
+def read_info_json(directory: Any) -> dict[str, Any]:
+    """A checkpoint directory's ckpt-info.json, or CheckpointCorruptError saying why not."""
+    path = Path(directory) / INFO_FILE
     try:
-        result = float(value)
-    except (TypeError, ValueError):
+        return read_info_file(path)
+    except (OSError, ValueError, RecursionError) as err:
+        raise CheckpointCorruptError(f"{path}: cannot be read: {err}") from err
+
+
+def _make_directory(d: Path) -> None:
+    """Create ``ckpt_directory``, or CkptParamError saying why it cannot be used."""
+    if d.exists() and not d.is_dir():
+        raise CkptParamError(f"parameter 'ckpt_directory': value {str(d)!r} is a file; "
+                             "give a directory (it is created if missing)")
+    probe = d if d.exists() else next((p for p in d.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise CkptParamError(
+            f"parameter 'ckpt_directory': value {str(d)!r} is not writable "
+            f"({str(probe)!r} denies write access); give a writable directory")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CkptParamError(
+            f"parameter 'ckpt_directory': value {str(d)!r} cannot be created: {err}") from err
+
+
+def _metric(value: Any) -> float | None:
+    try:
+        return as_metric(value)
+    except ValueError:
         raise CkptParamError(
             f"metric_value: value {value!r} is not a number; pass the epoch's metric"
         ) from None
-    return result
+
+
+def _direction(direction: Any) -> str:
+    if direction not in ("+", "-"):
+        raise CkptParamError(f"direction: value {direction!r} is not allowed; accepted: '+', '-'")
+    return str(direction)
+
+
+def _epoch_arg(epoch: Any) -> int:
+    """The 0-based epoch argument of ckpt_epoch, as an int, or a clear error."""
+    if isinstance(epoch, bool) or not hasattr(epoch, "__index__") and not (
+            isinstance(epoch, float) and epoch.is_integer()):
+        raise CkptParamError(f"epoch: value {epoch!r} is not accepted; pass the 0-based "
+                             "index of the epoch just completed (an int >= 0)")
+    value = int(epoch)
+    if value < 0:
+        raise CkptParamError(f"epoch: value {value} is negative; pass the 0-based index of "
+                             "the epoch just completed (an int >= 0)")
+    return value

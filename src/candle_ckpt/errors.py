@@ -9,6 +9,7 @@ would naturally catch, so ``except ValueError`` and ``except CkptError`` both wo
           │    └── CkptParamTypeError    (+ TypeError)      value not convertible to its type
           ├── CheckpointNotFoundError   (+ FileNotFoundError) nothing usable to restart from
           ├── CheckpointCorruptError    (+ ValueError)     size / checksum / JSON / link problems
+          ├── CheckpointMismatchError   (+ ValueError)     checkpoint does not fit the model
           ├── CheckpointLockedError     (+ BlockingIOError) another process writes the directory
           ├── CheckpointWriteError      (+ OSError)        a save failed (disk full, ...)
           └── MetricNotFoundError       (+ KeyError)       best metric missing from the epoch's logs
@@ -35,6 +36,14 @@ class CheckpointNotFoundError(CkptError, FileNotFoundError):
 
 class CheckpointCorruptError(CkptError, ValueError):
     """A checkpoint or a ``last``/``best`` pointer failed validation."""
+
+
+class CheckpointMismatchError(CkptError, ValueError):
+    """A valid checkpoint that does not fit the live model or optimizer.
+
+    Raised before anything is loaded; the message names the first mismatching variable
+    with both shapes or types. Restart does not fall back or start from scratch.
+    """
 
 
 class CheckpointLockedError(CkptError, BlockingIOError):

@@ -64,6 +64,30 @@ def is_improvement(value: float | None, best: float | None, sign: str) -> bool:
 
 
 @dataclass(frozen=True)
+class BestTracker:
+    """The best metric so far and the epoch that reached it; ``after`` gives the next.
+
+    Frozen: a save in flight holds the tracker it was decided with, and the engine
+    adopts it only once that save is committed, so a failed save never leaves a best
+    behind that no checkpoint holds.
+    """
+
+    sign: str
+    value: float | None = None
+    epoch: int | None = None
+
+    def improved(self, value: float | None, sign: str | None = None) -> bool:
+        """Would ``value`` be a new best (in direction ``sign``, default ours)?"""
+        return is_improvement(value, self.value, sign or self.sign)
+
+    def after(self, epoch: int, value: float | None, sign: str | None = None) -> BestTracker:
+        """The tracker once ``epoch`` with ``value`` is saved: itself unless a new best."""
+        if not self.improved(value, sign):
+            return self
+        return BestTracker(self.sign, value, epoch)
+
+
+@dataclass(frozen=True)
 class SaveDecision:
     save: bool
     reason: str

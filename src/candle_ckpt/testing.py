@@ -9,38 +9,61 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .backend import Restored, Written
 from .commit import FileSink
 from .engine import CandleCkpt
+
+
+class FilesBackend:
+    """The backend protocol over a dict of file name -> bytes (the first is the model)."""
+
+    name = "files"
+
+    def __init__(self) -> None:
+        self.state: dict[str, bytes] = {"model.bin": b""}
+
+    def capture(self, live: bool) -> dict[str, bytes]:
+        return dict(self.state) if live else {n: bytes(d) for n, d in self.state.items()}
+
+    def write(self, snapshot: dict[str, bytes], sink: FileSink) -> Written:
+        for name, data in snapshot.items():
+            with sink.open(name) as f:
+                f.write(data)
+        return Written(next(iter(snapshot)), {})
+
+    def load(self, directory: Path, info: dict[str, Any]) -> Restored:
+        files = info.get("files") or {info.get("model_file", "model.bin"): {}}
+        state = {name: (directory / name).read_bytes() for name in files}
+
+        def apply() -> list[str]:
+            self.state = state
+            return []
+
+        return Restored(apply)
 
 
 class CandleCkptFiles(CandleCkpt):
     """Checkpoints a dict of file name -> bytes; the first name is the model file."""
 
     backend_name = "files"
+    backend: FilesBackend
 
-    def __init__(self, gParameters: Any = None, logger: Any = "DEFAULT",
-                 verbose: bool = True) -> None:
-        self.state: dict[str, bytes] = {"model.bin": b""}
-        super().__init__(gParameters, logger, verbose)
+    def _new_backend(self) -> FilesBackend:
+        return FilesBackend()
+
+    @property
+    def state(self) -> dict[str, bytes]:
+        return self.backend.state
+
+    @state.setter
+    def state(self, value: dict[str, bytes]) -> None:
+        self.backend.state = dict(value)
 
     def set_model(self, state: dict[str, bytes]) -> None:
         if not state:
             raise ValueError("set_model: state must name at least one file")
-        self.state = dict(state)
+        self.backend.state = dict(state)
 
-    def attach_model(self, model: Any) -> None:
+    def _attach_model(self, model: Any) -> None:
         if isinstance(model, dict):
             self.set_model(model)
-
-    def capture_state(self) -> dict[str, bytes]:
-        return {name: bytes(data) for name, data in self.state.items()}
-
-    def write_state(self, snapshot: dict[str, bytes], sink: FileSink) -> str:
-        for name, data in snapshot.items():
-            with sink.open(name) as f:
-                f.write(data)
-        return next(iter(snapshot))
-
-    def load_state(self, directory: Path, info: dict[str, Any]) -> None:
-        files = info.get("files") or {info.get("model_file", "model.bin"): {}}
-        self.state = {name: (directory / name).read_bytes() for name in files}

@@ -3,6 +3,7 @@ safe loading, the original CANDLE torch checkpoints, and exact resume across pro
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -10,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -484,29 +486,148 @@ def test_checkpoint_crafted_to_run_code_is_not_executed(tmp_path: Path) -> None:
     assert marker.read_text() == "pwned"
 
 
-def test_a_checkpoint_that_does_not_fit_changes_nothing(tmp_path: Path) -> None:
-    """The model loads, the optimizer refuses: the model is rolled back, not half-restored."""
+def _live_values(objects: dict[str, Any]) -> dict[str, Any]:
+    """Copies of every live value a restore could touch: model, optimizer, global RNGs."""
+    return {
+        "model": {k: v.clone() for k, v in objects["model"].state_dict().items()},
+        "optimizer": copy.deepcopy(objects["optimizer"].state_dict()),
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": np.random.get_state()[1].copy(),
+        "python_rng": random.getstate(),
+    }
+
+
+def _assert_unchanged(objects: dict[str, Any], before: dict[str, Any]) -> None:
+    after = _live_values(objects)
+    assert_same_state(after["model"], before["model"])
+    assert_same_state(after["optimizer"], before["optimizer"])
+    assert torch.equal(after["torch_rng"], before["torch_rng"])
+    assert np.array_equal(after["numpy_rng"], before["numpy_rng"])
+    assert after["python_rng"] == before["python_rng"]
+
+
+def _tree_bytes(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != "ckpt.log"}
+
+
+def _saved_run(directory: Path) -> None:
     model = make_net(0)
     optimizer = torch.optim.Adam(model.parameters())
     train_steps(model, optimizer)
-    with new_ckpt(tmp_path) as ckpt:
+    with new_ckpt(directory) as ckpt:
         ckpt.set_model({"model": model, "optimizer": optimizer})
         ckpt.ckpt_epoch(0, 1.0)
+        train_steps(model, optimizer)
+        ckpt.ckpt_epoch(1, 0.5)
 
-    fresh = make_net(1)
-    before = {k: v.clone() for k, v in fresh.state_dict().items()}
-    groups = [{"params": list(fresh.parameters())[:2]}, {"params": list(fresh.parameters())[2:]}]
-    with new_ckpt(tmp_path) as ckpt:
-        ckpt.set_model({"model": fresh, "optimizer": torch.optim.Adam(groups)})
-        J = ckpt.restart(fresh)
-    assert J is None  # auto: the only checkpoint failed, start from scratch
-    assert_same_state(fresh.state_dict(), before)
 
-    other = nn.Sequential(nn.Linear(4, 3))
+def _mismatching(kind: str) -> dict[str, Any]:
+    if kind == "shape":
+        model = nn.Sequential(nn.Linear(4, 9), nn.ReLU(), nn.Dropout(0.2), nn.Linear(9, 1))
+        optimizer: Any = torch.optim.Adam(model.parameters())
+    elif kind == "optimizer type":
+        model = make_net(1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    else:  # parameter groups
+        model = make_net(1)
+        params = list(model.parameters())
+        optimizer = torch.optim.Adam([{"params": params[:2]}, {"params": params[2:]}])
+    train_steps(model, optimizer, 1)  # non-trivial live optimizer state
+    return {"model": model, "optimizer": optimizer}
+
+
+@pytest.mark.parametrize("mode", ["auto", "required"])
+@pytest.mark.parametrize("kind", ["shape", "optimizer type", "parameter groups"])
+def test_a_checkpoint_that_does_not_fit_raises_mismatch_and_changes_nothing(
+        tmp_path: Path, kind: str, mode: str) -> None:
+    """Incompatible is not damaged: a clear error, no fallback, no fresh start over the run."""
+    _saved_run(tmp_path)
+    on_disk = _tree_bytes(tmp_path)
+    objects = _mismatching(kind)
+    before = _live_values(objects)
+    with new_ckpt(tmp_path, ckpt_restart_mode=mode) as ckpt:
+        ckpt.set_model(objects)
+        with pytest.raises(candle.CheckpointMismatchError) as err:
+            ckpt.restart(objects["model"])
+    assert isinstance(err.value, ValueError)
+    message = str(err.value)
+    if kind == "shape":
+        assert "(9, 4)" in message and "(8, 4)" in message  # both shapes named
+    elif kind == "optimizer type":
+        assert "Adam" in message and "SGD" in message
+    else:
+        assert "parameter group" in message
+    _assert_unchanged(objects, before)
+    assert _tree_bytes(tmp_path) == on_disk
+
+
+def test_a_damaged_rng_state_falls_back_and_changes_nothing_until_a_valid_one_loads(
+        tmp_path: Path) -> None:
+    """Damage inside model.pt (valid zip, bad RNG record) is caught before anything changes."""
+    _saved_run(tmp_path)
+    path = tmp_path / "ckpts" / "epochs" / "002" / "model.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["rng"]["torch"] = torch.zeros(7, dtype=torch.uint8)  # not a generator state
+    torch.save(payload, path)
+    info_path = path.parent / "ckpt-info.json"
+    info = json.loads(info_path.read_text())
+    info["files"]["model.pt"]["size"] = path.stat().st_size
+    info_path.write_text(json.dumps(info))
+    objects = {"model": make_net(1), "optimizer": None}
+    objects["optimizer"] = torch.optim.Adam(objects["model"].parameters())
     with new_ckpt(tmp_path, ckpt_restart_mode="required") as ckpt:
-        ckpt.set_model({"model": other, "optimizer": torch.optim.SGD(other.parameters(), 0.1)})
-        with pytest.raises(CheckpointNotFoundError, match="does not fit the model"):
-            ckpt.restart(other)
+        ckpt.set_model(objects)
+        J = ckpt.restart(objects["model"])
+    assert J is not None and J["epoch"] == 1  # fell back past the damaged epoch 2
+    assert "rng['torch']" in J["skipped"][0]["reason"]
+
+    lone = {"model": make_net(2), "optimizer": None}
+    lone["optimizer"] = torch.optim.Adam(lone["model"].parameters())
+    shutil.rmtree(tmp_path / "ckpts" / "epochs" / "001")
+    before = _live_values(lone)
+    with new_ckpt(tmp_path, ckpt_restart_mode="required") as ckpt:
+        ckpt.set_model(lone)
+        with pytest.raises(CheckpointNotFoundError):
+            ckpt.restart(lone["model"])
+    _assert_unchanged(lone, before)
+
+
+def test_a_restart_holds_no_rollback_copy_of_the_model(tmp_path: Path) -> None:
+    """Peak RSS of a restart grows by about the checkpoint read, not by another model copy."""
+    script = textwrap.dedent("""
+        import json, resource, sys
+        import torch
+        from torch import nn
+        import candle_ckpt as candle
+
+        def rss():
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+        torch.manual_seed(0)
+        model = nn.Sequential(*[nn.Linear(2048, 2048) for _ in range(12)])  # ~200 MB
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)  # no state: file ~ model size
+        params = {"epochs": 2, "ckpt_directory": sys.argv[1]}
+        if sys.argv[2] == "save":
+            with candle.CandleCkptPyTorch(params, logger=None) as ckpt:
+                ckpt.set_model({"model": model, "optimizer": opt})
+                ckpt.ckpt_epoch(0, 1.0)
+        else:
+            ckpt = candle.CandleCkptPyTorch(params, logger=None)
+            ckpt.set_model({"model": model, "optimizer": opt})
+            before = rss()
+            J = ckpt.restart(model)
+            assert J is not None
+            print(json.dumps({"growth": rss() - before}))
+    """)
+    subprocess.run([sys.executable, "-c", script, str(tmp_path), "save"], check=True)
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path), "load"], check=True,
+                         capture_output=True, text=True).stdout
+    growth = json.loads(out.strip().splitlines()[-1])["growth"]
+    size = (tmp_path / "ckpts" / "epochs" / "001" / "model.pt").stat().st_size
+    assert size > 190e6
+    # The old restore kept a full copy of the live model for rollback (+1 model size).
+    assert growth < 1.5 * size, (growth, size)
 
 
 # ------------------------------------------------------------------------------ original CANDLE

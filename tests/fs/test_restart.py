@@ -12,7 +12,7 @@ from fshelpers import blobs, ckpts, engine, epoch_dirs, info, link_target, train
 
 from candle_ckpt import CheckpointCorruptError, CheckpointNotFoundError, CkptError
 from candle_ckpt.policy import epochs_to_keep
-from candle_ckpt.testing import CandleCkptFiles
+from candle_ckpt.testing import CandleCkptFiles, FilesBackend
 
 
 def three_epochs(directory: Path, **overrides) -> None:
@@ -247,11 +247,15 @@ def test_fallback_skips_every_damaged_checkpoint_and_incomplete_ones(tmp_path):
 def test_a_backend_that_refuses_the_file_falls_back(tmp_path):
     three_epochs(tmp_path)
 
-    class Picky(CandleCkptFiles):
-        def load_state(self, directory, info):
+    class PickyBackend(FilesBackend):
+        def load(self, directory, info):
             if directory.name == "003":
                 raise ValueError("cannot parse this model file")
-            super().load_state(directory, info)
+            return super().load(directory, info)
+
+    class Picky(CandleCkptFiles):
+        def _new_backend(self):
+            return PickyBackend()
 
     with Picky({"epochs": 9, "ckpt_directory": str(tmp_path)}, logger=None) as e:
         J = e.restart()

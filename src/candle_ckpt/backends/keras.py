@@ -30,19 +30,22 @@ from typing import Any
 import keras
 import numpy as np
 
+from ..backend import Restored, Written
 from ..commit import FileSink
-from ..engine import CandleCkpt
-from ..errors import CheckpointCorruptError, CkptParamError, MetricNotFoundError
-from ..layout import INFO_FILE, read_info_file
+from ..engine import CandleCkpt, read_info_json
+from ..errors import (
+    CheckpointCorruptError,
+    CheckpointMismatchError,
+    CkptParamError,
+    MetricNotFoundError,
+)
+from ..logs import CkptLog
 
 MODEL_FILE = "model.weights.h5"
 RNG_FILE = "rng-state.json"
 LEGACY_MODEL_FILE = "model.h5"
 _RNG_FORMAT = 1
 
-# Global RNG states restored by a module-level restart(), re-applied by the callback when
-# training begins (fit() itself may draw from them between restart and the first epoch).
-_pending_rng: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 # ------------------------------------------------------------------------ capture
@@ -54,6 +57,7 @@ class KerasSnapshot:
     weights_file_bytes: bytes | None  # fallback when Keras' saving walk is unavailable
     rng: dict[str, Any] = field(default_factory=dict)
     has_optimizer: bool = False
+    optimizer_type: str | None = None
 
 
 Entries = dict[str, tuple[dict[str, Any] | None, dict[str, np.ndarray]]]
@@ -225,7 +229,40 @@ def _capture_global_rng() -> dict[str, Any]:
     torch = _torch_module()
     state["torch_random"] = None if torch is None else base64.b64encode(
         torch.get_rng_state().numpy().tobytes()).decode("ascii")
+    # On the torch backend with tensors on a GPU, unseeded ops (Dropout) draw from the
+    # CUDA generators, one per device: save them all once CUDA is in use.
+    state["torch_cuda_random"] = None
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["torch_cuda_random"] = [base64.b64encode(s.cpu().numpy().tobytes()).decode(
+            "ascii") for s in torch.cuda.get_rng_state_all()]
     return state
+
+
+def _check_global_rng(state: dict[str, Any], path: Path) -> None:
+    """Raise CheckpointCorruptError unless the global RNG records can all be applied."""
+    try:
+        py = state.get("python_random")
+        if py is not None:
+            random.Random().setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+        npr = state.get("numpy_random")
+        if npr is not None:
+            np.random.RandomState().set_state((
+                npr["bit_generator"], np.array(npr["key"], dtype=np.uint32), npr["pos"],
+                npr["has_gauss"], npr["cached_gaussian"]))
+        gen_state = state.get("keras_global_seed_generator")
+        if gen_state is not None:
+            _array_from_record(gen_state)
+        torch = _torch_module()
+        raw = state.get("torch_random")
+        if raw is not None and torch is not None and \
+                len(base64.b64decode(raw)) != torch.get_rng_state().numel():
+            raise ValueError("torch_random has the wrong size")
+        cuda = state.get("torch_cuda_random")
+        if cuda is not None and not (isinstance(cuda, list) and all(
+                isinstance(c, str) and base64.b64decode(c) for c in cuda)):
+            raise ValueError("torch_cuda_random is not a list of generator states")
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        raise CheckpointCorruptError(f"{path}: a global RNG state is damaged: {err}") from None
 
 
 def _apply_global_rng(state: dict[str, Any]) -> list[str]:
@@ -256,7 +293,370 @@ def _apply_global_rng(state: dict[str, Any]) -> list[str]:
         raw = np.frombuffer(base64.b64decode(torch_state), dtype=np.uint8).copy()
         torch.set_rng_state(torch.from_numpy(raw))
         restored.append("torch random")
+    cuda = state.get("torch_cuda_random")
+    if cuda and torch is not None and torch.cuda.is_available() \
+            and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([torch.from_numpy(np.frombuffer(
+            base64.b64decode(c), dtype=np.uint8).copy()) for c in cuda])
+        restored.append(f"torch CUDA random ({len(cuda)} device(s))")
     return restored
+
+
+# ------------------------------------------------------------------------ checking a file
+def _h5_group(f: Any, inner_path: str) -> Any:
+    """The ``vars`` group Keras' H5IOStore keeps for ``inner_path`` (None if absent)."""
+    try:
+        group = f[inner_path] if inner_path else f
+        return group["vars"] if "vars" in group else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _check_weights_file(model: Any, path: Path, skip: list[Any]) -> None:
+    """Raise unless ``path`` holds every variable the live model walk would load.
+
+    Compared: the variable paths, names, shapes and dtypes; nothing is assigned. A
+    difference is a :class:`CheckpointMismatchError` naming the first variable.
+    """
+    import h5py
+
+    live = _capture_weights(model, skip, share=True)
+    with h5py.File(path, "r") as f:
+        for inner_path, (_, values) in live.items():
+            if not values:
+                continue
+            group = _h5_group(f, inner_path)
+            where = inner_path or "(top level)"
+            if group is None:
+                raise CheckpointMismatchError(
+                    f"{path.name} does not fit the model: it has no variables for {where!r}; "
+                    "is this the same model and optimizer?"
+                )
+            saved = set(group.keys())
+            if saved != set(values):
+                raise CheckpointMismatchError(
+                    f"{path.name} does not fit the model: {where!r} holds variables "
+                    f"{sorted(saved)[:6]} in the checkpoint, {sorted(values)[:6]} in the model"
+                )
+            for key, array in values.items():
+                dataset = group[key]
+                dtype = str(dataset.attrs.get("dtype", dataset.dtype))
+                if tuple(dataset.shape) != tuple(array.shape) or dtype != str(array.dtype):
+                    raise CheckpointMismatchError(
+                        f"{path.name} does not fit the model: {where}/{key} is "
+                        f"{tuple(dataset.shape)} {dtype} in the checkpoint, "
+                        f"{tuple(array.shape)} {array.dtype} in the model"
+                    )
+
+
+def _read_optimizer_vars(path: Path) -> list[np.ndarray] | None:
+    """The optimizer variables a ``.weights.h5`` holds, in the optimizer's order."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        group = _h5_group(f, "optimizer")
+        if group is None:
+            return None
+        keys = sorted(group.keys(), key=lambda k: int(k) if k.isdigit() else -1)
+        return [np.array(group[k]) for k in keys]
+
+
+def _read_rng(path: Path, model: Any) -> dict[str, Any]:
+    """Parse and check an rng-state.json against the model's seed generators."""
+    state = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(state, dict) or state.get("format") != _RNG_FORMAT:
+        raise CheckpointCorruptError(f"{path}: not an RNG state file of format {_RNG_FORMAT}")
+    saved = state.get("seed_generators") or []
+    generators = _seed_generators(model)
+    if not isinstance(saved, list) or len(saved) != len(generators):
+        raise CheckpointMismatchError(
+            f"{path.name}: holds {len(saved) if isinstance(saved, list) else 0} seed-generator "
+            f"states, the model has {len(generators)}; is this the same model?"
+        )
+    for sg, record in zip(generators, saved, strict=True):
+        value = _array_from_record(record)  # raises on a damaged record
+        if tuple(value.shape) != tuple(sg.state.shape):
+            raise CheckpointMismatchError(
+                f"{path.name}: seed generator {sg.state.path} is {tuple(value.shape)} in the "
+                f"checkpoint, {tuple(sg.state.shape)} in the model"
+            )
+    _check_global_rng(state, path)
+    return state
+
+
+@dataclass
+class _Deferred:
+    """What restart could not apply before training begins (the optimizer may not exist).
+
+    Kept per model, so a ``CandleCheckpointCallback`` built after a module-level
+    ``restart()`` on the same model applies it at ``on_train_begin``.
+    """
+
+    rng: dict[str, Any] | None = None
+    optimizer: list[np.ndarray] | None = None
+    optimizer_type: str | None = None
+    source: str = ""
+
+
+# Per model: what the callback applies when training begins.
+_deferred: weakref.WeakKeyDictionary[Any, _Deferred] = weakref.WeakKeyDictionary()
+
+
+class KerasBackend:
+    """The backend protocol for a Keras 3 model (any of its backends)."""
+
+    name = "keras"
+
+    def __init__(self, log: CkptLog, weights_only: bool) -> None:
+        self.log = log
+        self.weights_only = weights_only
+        self.model: Any = None
+        # The arrays of the last capture: the next one copies into them (the engine
+        # captures only when no save is in flight), so memory stays at one extra copy.
+        self.buffers: Entries | None = None
+
+    def require_model(self) -> Any:
+        if self.model is None:
+            raise CkptParamError(
+                "no model: call set_model(model) or restart(model), or pass the callback "
+                "to model.fit()"
+            )
+        return self.model
+
+    # --------------------------------------------------------------- saving
+    def capture(self, live: bool) -> KerasSnapshot:
+        """The weights (copies, or with ``live`` views where the backend allows) and RNGs."""
+        model = self.require_model()
+        if not model.built:
+            raise CkptParamError("the model is not built; build it (or call it once) first")
+        optimizer = getattr(model, "optimizer", None)
+        skip = [optimizer] if (self.weights_only and optimizer is not None) else []
+        rng: dict[str, Any] = {"format": _RNG_FORMAT}
+        rng["seed_generators"] = [
+            dict(_array_record(sg.state), path=sg.state.path) for sg in _seed_generators(model)
+        ]
+        rng.update(_capture_global_rng())
+        has_optimizer = optimizer is not None and not skip
+        opt_type = type(optimizer).__name__ if has_optimizer else None
+        try:
+            entries = _capture_weights(model, skip, self.buffers, share=live)
+            if not live:  # never keep views of live variables as buffers to copy into
+                self.buffers = entries
+            return KerasSnapshot(entries, None, rng, has_optimizer, opt_type)
+        except (ImportError, AttributeError, TypeError, ValueError) as err:
+            # Keras' internal saving walk changed: fall back to save_weights into memory.
+            self.log.debug(f"recording store unavailable ({err}); using save_weights")
+        from keras.src.saving import saving_lib
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / MODEL_FILE
+            saving_lib.save_weights_only(model, str(path), objects_to_skip=skip or None)
+            data = path.read_bytes()
+        return KerasSnapshot(None, data, rng, has_optimizer, opt_type)
+
+    def write(self, snapshot: KerasSnapshot, sink: FileSink) -> Written:
+        if snapshot.weights is not None:
+            # By path, then re-read once for the checksum: building the HDF5 image in
+            # memory and streaming it through sink.open measured ~40% slower (h5py's
+            # writes into a BytesIO plus the copy out cost more than the re-read).
+            _write_weights(snapshot.weights, sink.path(MODEL_FILE))
+        else:
+            assert snapshot.weights_file_bytes is not None
+            with sink.open(MODEL_FILE) as f:
+                f.write(snapshot.weights_file_bytes)
+        with sink.open(RNG_FILE) as f:
+            f.write(json.dumps(snapshot.rng, allow_nan=False).encode("utf-8"))
+        return Written(MODEL_FILE, {
+            "weights_only": bool(self.weights_only),
+            "optimizer_state": snapshot.has_optimizer,
+            "optimizer_type": snapshot.optimizer_type,
+            "keras_version": keras.__version__,
+            "keras_backend": keras.backend.backend(),
+            "rng_file": RNG_FILE,
+            "rng_streams": _rng_streams(snapshot.rng),
+        })
+
+    # --------------------------------------------------------------- restoring
+    def load(self, directory: Path, info: dict[str, Any]) -> Restored:
+        """Check the weights, optimizer and RNG files against the model; change nothing."""
+        model = self.require_model()
+        if not model.built:
+            raise CkptParamError(
+                "the model is not built; build it (model.build(shape) or call it once) "
+                "before restart so its weights can be loaded"
+            )
+        model_file = info.get("model_file") or LEGACY_MODEL_FILE
+        if not isinstance(model_file, str) or "/" in model_file or model_file.startswith("."):
+            raise CheckpointCorruptError(f"model_file {model_file!r} is not a file name")
+        path = Path(directory) / model_file
+        rng_name = info.get("rng_file") or RNG_FILE
+        if not isinstance(rng_name, str) or "/" in rng_name or rng_name.startswith("."):
+            raise CheckpointCorruptError(f"rng_file {rng_name!r} is not a file name")
+        rng_path = Path(directory) / rng_name
+        notes: list[str] = []
+        rng: dict[str, Any] | None = None
+        if rng_path.is_file():
+            rng = _read_rng(rng_path, model)
+        elif "format_version" in info:
+            raise CheckpointCorruptError(f"{rng_path}: missing")
+        else:
+            notes.append(f"{directory}: no RNG state (original CANDLE checkpoint); seed "
+                         "generators keep their current state")
+        if model_file.endswith(".weights.h5"):
+            apply_weights = self._plan_native(model, path, info, notes)
+        elif model_file.endswith((".h5", ".hdf5")):
+            def apply_weights() -> list[str]:
+                return self._load_legacy_h5(model, path)
+        else:
+            raise CheckpointCorruptError(
+                f"{path}: model_file {model_file!r} is not a Keras weights file "
+                "(.weights.h5 or legacy .h5)"
+            )
+
+        def apply() -> list[str]:
+            problems = apply_weights()
+            if rng is not None:
+                self._apply_rng(model, rng)
+            return problems
+
+        return Restored(apply, notes)
+
+    def _plan_native(self, model: Any, path: Path, info: dict[str, Any],
+                     notes: list[str]) -> Any:
+        """Check a ``.weights.h5``; return the function that loads it."""
+        from keras.src.saving import saving_lib
+
+        optimizer = getattr(model, "optimizer", None)
+        weights_only = bool(info.get("weights_only")) or not info.get("optimizer_state", True)
+        saved_type = info.get("optimizer_type")
+        deferred: list[np.ndarray] | None = None
+        skip: list[Any] = []
+        if weights_only:
+            if optimizer is not None:
+                skip = [optimizer]
+                notes.append(f"{path.name}: weights only; the optimizer starts fresh")
+        elif optimizer is None:
+            # Restart before compile() (NT3 does this): keep the state for on_train_begin.
+            deferred = _read_optimizer_vars(path)
+            notes.append(f"{path.name}: the model is not compiled yet; its optimizer state is "
+                         "applied when training begins")
+        else:
+            if isinstance(saved_type, str) and saved_type != type(optimizer).__name__:
+                raise CheckpointMismatchError(
+                    f"{path.name} does not fit the optimizer: it holds {saved_type} state, "
+                    f"the model's optimizer is {type(optimizer).__name__}"
+                )
+            if not optimizer.built:
+                # Keras skips an unbuilt optimizer's variables (with a mere warning).
+                optimizer.build(model.trainable_variables)
+        _check_weights_file(model, path, skip)
+
+        def apply() -> list[str]:
+            saving_lib.load_weights_only(model, str(path), objects_to_skip=skip or None)
+            if deferred is not None:
+                _deferred.setdefault(model, _Deferred()).optimizer = deferred
+                _deferred[model].optimizer_type = saved_type if isinstance(saved_type, str) \
+                    else None
+                _deferred[model].source = str(path)
+            return []
+
+        return apply
+
+    def _load_legacy_h5(self, model: Any, path: Path) -> list[str]:
+        """Original CANDLE ``model.h5`` (model.save): weights, then optimizer if present."""
+        import h5py
+        from keras.src.legacy.saving import legacy_h5_format
+
+        model.load_weights(str(path))  # weights only; never deserializes the model
+        optimizer = getattr(model, "optimizer", None)
+        with h5py.File(path, "r") as f:
+            if "optimizer_weights" not in f:
+                self.log.info(f"{path}: holds no optimizer state; the optimizer starts fresh")
+                return []
+            values = legacy_h5_format.load_optimizer_weights_from_hdf5_group(f)
+            values = [np.array(v) for v in values]
+        if optimizer is None:
+            _deferred.setdefault(model, _Deferred()).optimizer = values
+            _deferred[model].source = str(path)
+            self.log.info(f"{path}: the model is not compiled yet; its optimizer state is "
+                          "applied when training begins")
+            return []
+        if not optimizer.built:
+            optimizer.build(model.trainable_variables)
+        try:
+            optimizer.set_weights(values)
+        except ValueError as err:
+            return [f"{path}: optimizer state does not fit this optimizer ({err}); "
+                    "it starts fresh"]
+        self.log.info(f"{path}: restored weights and optimizer state ({len(values)} variables)")
+        return []
+
+    def _apply_rng(self, model: Any, state: dict[str, Any]) -> None:
+        generators = _seed_generators(model)
+        for sg, record in zip(generators, state.get("seed_generators") or [], strict=True):
+            sg.state.assign(_array_from_record(record).astype(
+                keras.backend.standardize_dtype(sg.state.dtype)))
+        restored = _apply_global_rng(state)
+        # fit() may draw from the global RNGs between restart and the first epoch.
+        _deferred.setdefault(model, _Deferred()).rng = state
+        self.log.debug(f"restored {len(generators)} seed generator(s) and "
+                       f"{', '.join(restored) or 'no global RNG'}")
+
+    # --------------------------------------------------------------- training begins
+    def begin_training(self) -> None:
+        """Apply what restart deferred: the optimizer state (validated), the global RNGs."""
+        model = self.model
+        pending = _deferred.pop(model, None) if model is not None else None
+        if pending is None:
+            return
+        if pending.optimizer is not None:
+            self._apply_deferred_optimizer(model, pending)
+        if pending.rng is not None:
+            _apply_global_rng(pending.rng)
+            self.log.debug("re-applied the checkpoint's global RNG states as training begins")
+
+    def _apply_deferred_optimizer(self, model: Any, pending: _Deferred) -> None:
+        optimizer = getattr(model, "optimizer", None)
+        values = pending.optimizer or []
+        if optimizer is None:
+            self.log.warning(f"{pending.source}: the model has no optimizer when training "
+                             "begins; the checkpoint's optimizer state is not restored")
+            return
+        if pending.optimizer_type is not None and \
+                pending.optimizer_type != type(optimizer).__name__:
+            raise CheckpointMismatchError(
+                f"{pending.source} does not fit the optimizer: it holds "
+                f"{pending.optimizer_type} state, the model's optimizer is "
+                f"{type(optimizer).__name__}"
+            )
+        if not optimizer.built:
+            optimizer.build(model.trainable_variables)
+        variables = optimizer.variables
+        if len(values) != len(variables):
+            raise CheckpointMismatchError(
+                f"{pending.source} does not fit the optimizer: {len(values)} optimizer "
+                f"variables in the checkpoint, {len(variables)} in "
+                f"{type(optimizer).__name__}"
+            )
+        for variable, value in zip(variables, values, strict=True):
+            if tuple(value.shape) != tuple(variable.shape):
+                raise CheckpointMismatchError(
+                    f"{pending.source} does not fit the optimizer: {variable.path} is "
+                    f"{tuple(value.shape)} in the checkpoint, {tuple(variable.shape)} in "
+                    "the optimizer"
+                )
+        for variable, value in zip(variables, values, strict=True):
+            variable.assign(value.astype(keras.backend.standardize_dtype(variable.dtype)))
+        self.log.info(f"restored the optimizer state ({len(values)} variables) from "
+                      f"{pending.source} as training begins")
+
+
+def _rng_streams(rng: dict[str, Any]) -> list[str]:
+    """The RNG streams an rng-state.json holds (for the manifest and the log)."""
+    names = [f"seed_generator:{r.get('path')}" for r in rng.get("seed_generators") or []]
+    names += [k for k, v in rng.items() if k not in ("format", "seed_generators")
+              and v is not None]
+    return names
 
 
 # ------------------------------------------------------------------------ the callback
@@ -271,70 +671,67 @@ class CandleCkptKeras(keras.callbacks.Callback, CandleCkpt):
         initial_epoch = J["epoch"] if J else 0
         model.fit(..., initial_epoch=initial_epoch, callbacks=[ckpt])
 
-    The model must be built (and compiled, for its optimizer state to be saved)
-    before ``restart``.
+    The model must be built before ``restart``. If it is compiled only afterwards (as
+    NT3 does), the optimizer state is applied when training begins.
     """
 
     backend_name = "keras"
+    backend: KerasBackend
 
     def __init__(self, gParameters: Any = None, logger: Any = "DEFAULT",
                  verbose: bool = True) -> None:
         keras.callbacks.Callback.__init__(self)  # Keras 3: `model` is a read-only property
         CandleCkpt.__init__(self, gParameters, logger, verbose)
-        self._rng_to_apply: dict[str, Any] | None = None
-        self._wrote_optimizer = False
-        # The arrays of the last capture: the next one copies into them (the engine
-        # captures only when no save is in flight), so memory stays at one extra copy.
-        self._buffers: Entries | None = None
+
+    def _new_backend(self) -> KerasBackend:
+        return KerasBackend(self._log, bool(self.save_weights_only))
 
     def close(self) -> None:
         """Wait for a background save, release the directory and the capture buffers."""
         try:
             CandleCkpt.close(self)
         finally:
-            self._buffers = None
+            backend = getattr(self, "backend", None)
+            if isinstance(backend, KerasBackend):
+                backend.buffers = None
 
     # --------------------------------------------------------------- model plumbing
     def set_model(self, model: Any) -> None:
         self._model = model
+        self.backend.model = model
 
-    def attach_model(self, model: Any) -> None:
+    def _attach_model(self, model: Any) -> None:
         self.set_model(model)
 
-    def _require_model(self) -> Any:
-        model = getattr(self, "_model", None)
-        if model is None:
-            raise CkptParamError(
-                f"{type(self).__name__}: no model; call set_model(model) or restart(model) "
-                "or pass the callback to model.fit()"
-            )
-        return model
+    def capture_state(self) -> KerasSnapshot:
+        """A host copy of everything a checkpoint holds (what an async save writes)."""
+        return self.backend.capture(live=False)
 
     def restart(self, model: Any = None, verbose: bool = True) -> dict[str, Any] | None:
         """Restart from ``last`` per ckpt_restart_mode; the info dict, or None.
 
         Raises:
-            CkptParamError: the model is not built (its weights could not be loaded, and
-                silently starting from scratch would hide that).
+            CkptParamError: no model is known, or it is not built (its weights could not
+                be loaded, and silently starting from scratch would overwrite the run).
+            CheckpointMismatchError: the checkpoint does not fit the model (nothing loaded).
         """
-        target = model if model is not None else getattr(self, "_model", None)
-        if target is not None and self.restart_mode != "off" and not target.built:
-            raise CkptParamError(
-                "restart: the model is not built; give it an Input (or call "
-                "model.build(input_shape)) before restart so its weights can be loaded"
-            )
+        target = model if model is not None else self.backend.model
+        if self.restart_mode != "off":
+            if target is None:
+                raise CkptParamError(
+                    f"{type(self).__name__}.restart: no model; pass it (restart(model)) or "
+                    "call set_model(model) first, so its checkpoint can be loaded"
+                )
+            if not target.built:
+                raise CkptParamError(
+                    "restart: the model is not built; give it an Input (or call "
+                    "model.build(input_shape)) before restart so its weights can be loaded"
+                )
         return CandleCkpt.restart(self, model, verbose)
 
     # --------------------------------------------------------------- Keras hooks
     def on_train_begin(self, logs: Any = None) -> None:
-        model = getattr(self, "_model", None)
-        pending = self._rng_to_apply
-        if pending is None and model is not None:
-            pending = _pending_rng.pop(model, None)
-        self._rng_to_apply = None
-        if pending is not None:
-            _apply_global_rng(pending)
-            self.debug("re-applied the checkpoint's global RNG states as training begins")
+        self.backend.begin_training()
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
         """Checkpoint the (0-based) epoch just completed, per the policies."""
@@ -357,181 +754,6 @@ class CandleCkptKeras(keras.callbacks.Callback, CandleCkpt):
             )
         return None
 
-    # --------------------------------------------------------------- backend hooks
-    def state_metadata(self) -> dict[str, Any]:
-        return {
-            "weights_only": bool(self.save_weights_only),
-            # What the files just written hold (set by write_state from its snapshot).
-            "optimizer_state": self._wrote_optimizer,
-            "keras_version": keras.__version__,
-            "keras_backend": keras.backend.backend(),
-            "rng_file": RNG_FILE,
-        }
-
-    def capture_state(self) -> KerasSnapshot:
-        """Copy the weights (into the previous capture's arrays) and the RNG states."""
-        return self._capture(share=False)
-
-    def live_state(self) -> KerasSnapshot:
-        """For a sync save: views of the variables where the backend allows, no copy."""
-        return self._capture(share=True)
-
-    def _capture(self, share: bool) -> KerasSnapshot:
-        model = self._require_model()
-        if not model.built:
-            raise CkptParamError("the model is not built; build it (or call it once) first")
-        optimizer = getattr(model, "optimizer", None)
-        skip = [optimizer] if (self.save_weights_only and optimizer is not None) else []
-        rng: dict[str, Any] = {"format": _RNG_FORMAT}
-        rng["seed_generators"] = [
-            dict(_array_record(sg.state), path=sg.state.path) for sg in _seed_generators(model)
-        ]
-        rng.update(_capture_global_rng())
-        try:
-            entries = _capture_weights(model, skip, self._buffers, share)
-            if not share:  # never keep views of live variables as buffers to copy into
-                self._buffers = entries
-            return KerasSnapshot(entries, None, rng, optimizer is not None and not skip)
-        except (ImportError, AttributeError, TypeError, ValueError) as err:
-            # Keras' internal saving walk changed: fall back to save_weights into memory.
-            self.debug(f"recording store unavailable ({err}); using save_weights")
-        from keras.src.saving import saving_lib
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / MODEL_FILE
-            saving_lib.save_weights_only(model, str(path), objects_to_skip=skip or None)
-            data = path.read_bytes()
-        return KerasSnapshot(None, data, rng, optimizer is not None and not skip)
-
-    def write_state(self, snapshot: KerasSnapshot, sink: FileSink) -> str:
-        self._wrote_optimizer = snapshot.has_optimizer
-        if snapshot.weights is not None:
-            # By path, then re-read once for the checksum: building the HDF5 image in
-            # memory and streaming it through sink.open measured ~40% slower (h5py's
-            # writes into a BytesIO plus the copy out cost more than the re-read).
-            _write_weights(snapshot.weights, sink.path(MODEL_FILE))
-        else:
-            assert snapshot.weights_file_bytes is not None
-            with sink.open(MODEL_FILE) as f:
-                f.write(snapshot.weights_file_bytes)
-        with sink.open(RNG_FILE) as f:
-            f.write(json.dumps(snapshot.rng, allow_nan=False).encode("utf-8"))
-        return MODEL_FILE
-
-    def load_state(self, directory: Path, info: dict[str, Any]) -> None:
-        model = self._require_model()
-        if not model.built:
-            raise CkptParamError(
-                "the model is not built; build it (model.build(shape) or call it once) "
-                "before restart so its weights can be loaded"
-            )
-        model_file = info.get("model_file") or LEGACY_MODEL_FILE
-        path = Path(directory) / model_file
-        if model_file.endswith(".weights.h5"):
-            self._load_native(model, path, info)
-        elif model_file.endswith((".h5", ".hdf5")):
-            self._load_legacy_h5(model, path)
-        else:
-            raise CheckpointCorruptError(
-                f"{path}: model_file {model_file!r} is not a Keras weights file "
-                "(.weights.h5 or legacy .h5)"
-            )
-        rng_path = Path(directory) / str(info.get("rng_file") or RNG_FILE)
-        if rng_path.is_file():
-            self._load_rng(model, rng_path)
-        elif "format_version" in info:
-            raise CheckpointCorruptError(f"{rng_path}: missing")
-        else:
-            self.info(f"{directory}: no RNG state (original CANDLE checkpoint); seed "
-                      "generators keep their current state")
-
-    def _load_native(self, model: Any, path: Path, info: dict[str, Any]) -> None:
-        from keras.src.saving import saving_lib
-
-        optimizer = getattr(model, "optimizer", None)
-        weights_only = bool(info.get("weights_only")) or not info.get("optimizer_state", True)
-        skip = None
-        if optimizer is None:
-            if not weights_only:
-                self.warning(f"{path}: the model has no optimizer (not compiled); "
-                             "the checkpoint's optimizer state is not restored")
-        elif weights_only:
-            skip = [optimizer]
-            self.info(f"{path}: weights only; the optimizer starts fresh")
-        elif not optimizer.built:
-            # Keras skips the optimizer's variables (with a mere warning) if it is unbuilt.
-            optimizer.build(model.trainable_variables)
-        saving_lib.load_weights_only(model, str(path), objects_to_skip=skip)
-        if optimizer is not None and skip is None:
-            self._check_optimizer_loaded(optimizer, path)
-
-    def _check_optimizer_loaded(self, optimizer: Any, path: Path) -> None:
-        import h5py
-
-        with h5py.File(path, "r") as f:
-            group = f.get("optimizer/vars")
-            saved = len(group) if group is not None else 0
-            iterations = np.array(group["0"]) if group is not None and "0" in group else None
-        if saved != len(optimizer.variables):
-            raise CheckpointCorruptError(
-                f"{path}: holds {saved} optimizer variables, the model's optimizer has "
-                f"{len(optimizer.variables)}; is this the same model and optimizer?"
-            )
-        current = keras.ops.convert_to_numpy(optimizer.iterations)
-        if iterations is not None and not np.array_equal(iterations, current):
-            raise CheckpointCorruptError(f"{path}: optimizer state was not loaded")
-
-    def _load_legacy_h5(self, model: Any, path: Path) -> None:
-        """Original CANDLE ``model.h5`` (model.save): weights, then optimizer if present."""
-        import h5py
-        from keras.src.legacy.saving import legacy_h5_format
-
-        model.load_weights(str(path))  # weights only; never deserializes the model
-        optimizer = getattr(model, "optimizer", None)
-        with h5py.File(path, "r") as f:
-            if "optimizer_weights" not in f:
-                self.info(f"{path}: holds no optimizer state; the optimizer starts fresh")
-                return
-            if optimizer is None:
-                self.warning(f"{path}: holds optimizer state but the model is not "
-                             "compiled; the optimizer state is not restored")
-                return
-            values = legacy_h5_format.load_optimizer_weights_from_hdf5_group(f)
-            values = [np.array(v) for v in values]
-        if not optimizer.built:
-            optimizer.build(model.trainable_variables)
-        try:
-            optimizer.set_weights(values)
-        except ValueError as err:
-            self.warning(f"{path}: optimizer state does not fit this optimizer ({err}); "
-                         "it starts fresh")
-            return
-        self.info(f"{path}: restored weights and optimizer state ({len(values)} variables)")
-
-    def _load_rng(self, model: Any, path: Path) -> None:
-        state = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(state, dict) or state.get("format") != _RNG_FORMAT:
-            raise CheckpointCorruptError(f"{path}: not an RNG state file of format "
-                                         f"{_RNG_FORMAT}")
-        saved = state.get("seed_generators") or []
-        generators = _seed_generators(model)
-        if len(saved) != len(generators):
-            raise CheckpointCorruptError(
-                f"{path}: holds {len(saved)} seed-generator states, the model has "
-                f"{len(generators)}; is this the same model?"
-            )
-        for sg, record in zip(generators, saved, strict=True):
-            sg.state.assign(_array_from_record(record).astype(
-                keras.backend.standardize_dtype(sg.state.dtype)))
-        restored = _apply_global_rng(state)
-        self._rng_to_apply = state
-        try:
-            _pending_rng[model] = state
-        except TypeError:
-            pass
-        self.debug(f"restored {len(generators)} seed generator(s) and "
-                   f"{', '.join(restored) or 'no global RNG'}")
-
 
 class CandleCheckpointCallback(CandleCkptKeras):
     """The older ``ckpt_keras_utils`` callback: same engine, older method signatures.
@@ -540,17 +762,13 @@ class CandleCheckpointCallback(CandleCkptKeras):
     logs and the 1-based epoch, as the original did.
     """
 
-    def save_check(self, logs: Any, epoch: Any, metric_value: Any = ...) -> bool:  # type: ignore[override]
+    def save_check(self, logs: Any, epoch: Any) -> bool:  # type: ignore[override]
         """Should the (1-based) epoch be saved, given its logs? Records a new best."""
-        if metric_value is not ...:  # the engine's (epoch, direction, metric_value)
-            return CandleCkpt.save_check(self, logs, epoch, metric_value)
         return CandleCkpt.save_check(self, int(epoch), self.direction.sign,
                                      self._metric_value(logs))
 
-    def save_check_best(self, logs: Any, epoch: Any, metric_value: Any = ...) -> bool:  # type: ignore[override]
+    def save_check_best(self, logs: Any, epoch: Any) -> bool:  # type: ignore[override]
         """Would the epoch's logs hold a new best (does not record it)?"""
-        if metric_value is not ...:
-            return CandleCkpt.save_check_best(self, logs, epoch, metric_value)
         return CandleCkpt.save_check_best(self, int(epoch), self.direction.sign,
                                           self._metric_value(logs))
 
@@ -572,13 +790,9 @@ def restart(gParameters: Any, model: Any, verbose: bool = True) -> dict[str, Any
 
 def restart_json(gParameters: Any, logger: Any, directory: Any) -> dict[str, Any]:
     """Read a checkpoint directory's ckpt-info.json."""
-    path = Path(directory) / INFO_FILE
-    try:
-        info = read_info_file(path)
-    except (OSError, ValueError) as err:
-        raise CheckpointCorruptError(f"{path}: cannot be read: {err}") from err
+    info = read_info_json(directory)
     if hasattr(logger, "debug"):
-        logger.debug(f"read {path}: epoch {info.get('epoch')}")
+        logger.debug(f"read {directory}: epoch {info.get('epoch')!r}")
     return info
 
 

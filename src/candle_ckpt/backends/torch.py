@@ -31,10 +31,12 @@ from typing import IO, Any, cast
 import torch
 from torch import nn
 
+from ..backend import Restored, Written
 from ..commit import FileSink
 from ..engine import CandleCkpt
-from ..errors import CkptParamError, CkptParamTypeError
+from ..errors import CheckpointMismatchError, CkptParamError, CkptParamTypeError
 from ..integrity import safe_member
+from ..logs import CkptLog
 
 MODEL_FILE = "model.pt"
 FORMAT = "candle-ckpt-torch"
@@ -75,6 +77,7 @@ class _Restore:
     entries: dict[str, Any] = field(default_factory=dict)
     rng: dict[str, Any] | None = None
     original_candle: bool = False  # written by the original CANDLE code
+    notes: list[str] = field(default_factory=list)
 
 
 def unwrap_module(model: nn.Module) -> nn.Module:
@@ -93,42 +96,23 @@ def unwrap_module(model: nn.Module) -> nn.Module:
     return model
 
 
-class CandleCkptPyTorch(CandleCkpt):
-    """Checkpoint/restart for a PyTorch model, its optimizer and any stateful helpers.
+class TorchBackend:
+    """The backend protocol for torch: what ``set_model`` named, captured, written, loaded."""
 
-    Args:
-        gParams: dict or argparse.Namespace with the ``ckpt_*`` keys and ``epochs``.
-        logger: "DEFAULT" (console), None or a ``logging.Logger``.
-        verbose: console verbosity of the default logger.
-    """
+    name = "torch"
 
-    backend_name = "torch"
-
-    def __init__(self, gParams: Any = None, logger: Any = "DEFAULT", verbose: bool = True):
+    def __init__(self, log: CkptLog) -> None:
+        self.log = log
         self.model: dict[str, Any] | None = None  # the dict given to set_model (as the spec)
-        self._entries: list[_Entry] = []
-        self._epoch_now: int | None = None
-        self._metric_now: float | None = None
-        self._written: TorchSnapshot | None = None
+        self.entries: list[_Entry] = []
+        # Set by CandleCkptPyTorch.ckpt_epoch right before a capture (original CANDLE keys).
+        self.progress: tuple[int | None, float | None] = (None, None)
         # The host copies of the last capture, by set_model key: the next capture copies
         # into them (the engine captures only when no save is in flight).
-        self._buffers: dict[str, Any] = {}
-        super().__init__(gParams, logger, verbose)
+        self.buffers: dict[str, Any] = {}
 
-    # ----------------------------------------------------------------- the CANDLE API
+    # ----------------------------------------------------------------- what to save
     def set_model(self, model: Mapping[str, Any]) -> None:
-        """Name what to checkpoint: ``{"model": m, "optimizer": o, ...}``.
-
-        ``model`` (an ``nn.Module``, possibly wrapped in DataParallel/DDP) and
-        ``optimizer`` are required. Every other entry that has ``state_dict()`` and
-        ``load_state_dict()`` (an LR scheduler, a GradScaler, an EMA model) is saved and
-        restored under its key, as are ``torch.Generator``, ``random.Random`` and
-        ``numpy.random.Generator`` entries. Other entries are ignored (and logged).
-
-        Raises:
-            CkptParamError: ``model`` or ``optimizer`` is missing or of the wrong kind,
-                or some state could not be read back with ``weights_only=True``.
-        """
         if not isinstance(model, Mapping):
             raise CkptParamTypeError(
                 f"set_model: expected a dict like {{'model': model, 'optimizer': optimizer}}, "
@@ -157,43 +141,26 @@ class CandleCkptPyTorch(CandleCkpt):
                         "set_model: 'optimizer' has no state_dict()/load_state_dict(); give a "
                         f"torch.optim.Optimizer, got {type(obj).__name__}"
                     )
-                self.warning(f"set_model: entry {key!r} ({type(obj).__name__}) has no "
-                             "state_dict()/load_state_dict(); it is not checkpointed")
+                self.log.warning(f"set_model: entry {key!r} ({type(obj).__name__}) has no "
+                                 "state_dict()/load_state_dict(); it is not checkpointed")
                 continue
             entries.append(_Entry(key, obj, kind))
-        self.model = dict(model)
-        self._entries = entries
         for entry in entries:  # fail now, not at the first save or at restart
             _check_loadable(_entry_state(entry), entry.key)
-        self.debug("set_model: checkpointing " + ", ".join(e.key for e in entries))
+        self.model = dict(model)
+        self.entries = entries
+        self.log.debug("set_model: checkpointing " + ", ".join(e.key for e in entries))
 
-    def ckpt_epoch(self, epoch: int, metric_value: Any = None) -> bool:  # type: ignore[override]
-        """Checkpoint the 0-based ``epoch`` just completed, if the policies say so.
+    def require_model(self, caller: str) -> dict[str, Any]:
+        if self.model is None:
+            raise CkptParamError(
+                f"{caller}: call ckpt.set_model({{'model': model, 'optimizer': optimizer}}) "
+                "first; candle-ckpt needs both to save and to restore"
+            )
+        return self.model
 
-        ``metric_value`` (a number or a 0-d tensor) is compared in the direction of
-        ``ckpt_save_best_mode`` (with "auto", loss-like metric names are minimized).
-        Returns True when a checkpoint was written.
-        """
-        self._require_model("ckpt_epoch")
-        self._epoch_now = int(epoch) + 1
-        self._metric_now = _metric_float(metric_value)
-        return super().ckpt_epoch(epoch, self.direction.sign, self._metric_now)
-
-    def restart(self, model: Any = None, verbose: bool = True) -> dict[str, Any] | None:
-        """Restore the newest usable checkpoint into the objects given to ``set_model``.
-
-        ``model`` may be the ``nn.Module`` given to ``set_model`` (or its
-        DataParallel/DDP wrapper, or the module it wraps) or the ``set_model`` dict.
-        Returns the checkpoint's info (``J["epoch"]`` is the epoch to resume from) or None.
-
-        Raises:
-            CkptParamError: called before ``set_model``, or with another model.
-        """
-        if model is None:
-            self._require_model("restart")
-        return super().restart(model, verbose)
-
-    def attach_model(self, model: Any) -> None:
+    def attach(self, model: Any) -> None:
+        """``restart(model)``: the set_model dict, or the module given to set_model."""
         if isinstance(model, Mapping):
             self.set_model(model)
             return
@@ -202,133 +169,82 @@ class CandleCkptPyTorch(CandleCkpt):
                 f"restart: model must be a torch.nn.Module or the set_model dict, got "
                 f"{type(model).__name__}"
             )
-        self._require_model("restart")
-        assert self.model is not None
-        if unwrap_module(model) is not unwrap_module(self.model["model"]):
+        objects = self.require_model("restart")
+        if unwrap_module(model) is not unwrap_module(objects["model"]):
             raise CkptParamError(
                 "restart: the model given is not the one given to set_model; the optimizer "
                 "state belongs to that one. Pass the same module (or call set_model again)"
             )
 
-    def close(self) -> None:
-        """Wait for a background save, release the directory and the capture buffers."""
-        try:
-            super().close()
-        finally:
-            self._buffers = {}
-
-    def _require_model(self, caller: str) -> None:
-        if self.model is None:
-            raise CkptParamError(
-                f"{caller}: call ckpt.set_model({{'model': model, 'optimizer': optimizer}}) "
-                "first; candle-ckpt needs both to save and to restore"
-            )
-
     # ----------------------------------------------------------------- saving
-    def capture_state(self) -> TorchSnapshot:
-        """Copy every state to host memory (tensors detached and copied to the CPU).
+    def capture(self, live: bool) -> TorchSnapshot:
+        """The state of every entry: host copies, or (``live``) the CPU tensors as they are.
 
-        Tensors are copied into the previous snapshot's buffers where shape, dtype and
-        strides still match (fresh ones otherwise): the previous snapshot is overwritten.
+        A copy reuses the previous capture's tensors where shape, dtype and strides still
+        match. A live capture copies only containers, and tensors that are views into a
+        larger storage or not on the CPU (torch.save would write a view's whole storage);
+        it never becomes a capture buffer, which must never alias live state.
         """
-        self._require_model("ckpt_epoch")
-        return self._snapshot(self._host_states())
-
-    def live_state(self) -> TorchSnapshot:
-        """The state for a sync save: CPU tensors as they are (training waits meanwhile).
-
-        Only the containers are copied; tensors that are views into a larger storage,
-        or not on the CPU, are still copied (torch.save would write a view's whole
-        storage). The capture buffers are left alone: they must never alias live state.
-        """
-        self._require_model("ckpt_epoch")
-        return self._snapshot({e.key: _host_copy(_entry_state(e), e.key, share=True)
-                               for e in self._entries})
-
-    def _snapshot(self, states: dict[str, Any]) -> TorchSnapshot:
+        self.require_model("ckpt_epoch")
+        if live:
+            states = {e.key: _host_copy(_entry_state(e), e.key, share=True)
+                      for e in self.entries}
+        else:
+            states = {e.key: _host_copy(_entry_state(e), e.key, self.buffers.get(e.key))
+                      for e in self.entries}
+            self.buffers = dict(states)
         rng = capture_rng()
+        epoch, loss = self.progress
+        optimizer = type(self.require_model("ckpt_epoch")["optimizer"])
         payload: dict[str, Any] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "epoch": self._epoch_now,
+            "epoch": epoch,
             "model_state_dict": states.pop("model"),
             "optimizer_state_dict": states.pop("optimizer"),
-            "loss": self._metric_now,
+            "optimizer_type": _type_name(optimizer),
+            "loss": loss,
             "entries": states,
             "rng": rng,
         }
-        return TorchSnapshot(payload, [e.key for e in self._entries], sorted(rng))
+        return TorchSnapshot(payload, [e.key for e in self.entries], sorted(rng))
 
-    def write_state(self, snapshot: TorchSnapshot, sink: FileSink) -> str:
+    def write(self, snapshot: TorchSnapshot, sink: FileSink) -> Written:
         with sink.open(MODEL_FILE) as f:
             torch.save(snapshot.payload, cast(IO[bytes], f))  # write-only is enough
-        # What state_metadata describes; not the tensors (a sync save's are the live ones).
-        self._written = TorchSnapshot({}, snapshot.entries, snapshot.rng_states)
-        return MODEL_FILE
-
-    def state_metadata(self) -> dict[str, Any]:
-        # Called right after write_state, on the same thread: describe what was written.
-        snap = self._written
-        return {
+        return Written(MODEL_FILE, {
             "torch_version": torch.__version__,
-            "entries": snap.entries if snap is not None else [e.key for e in self._entries],
-            "rng_states": snap.rng_states if snap is not None else [],
-        }
+            "entries": snapshot.entries,
+            "rng_states": snapshot.rng_states,
+            "optimizer_type": snapshot.payload.get("optimizer_type"),
+        })
+
+    def release_buffers(self) -> None:
+        self.buffers = {}
 
     # ----------------------------------------------------------------- restoring
-    def load_state(self, directory: Path, info: dict[str, Any]) -> None:
-        """Restore from a checkpoint directory; all or nothing.
+    def load(self, directory: Path, info: dict[str, Any]) -> Restored:
+        """Read the model file and check all of it against the live objects; change nothing.
 
         Raises:
             CkptParamError: no ``set_model`` yet.
-            ValueError: the file is not a checkpoint this model can take.
-            pickle.UnpicklingError: the file holds anything but tensors and plain data.
+            CheckpointMismatchError: the checkpoint does not fit the model or optimizer.
+            ValueError, pickle.UnpicklingError, RuntimeError: the file is damaged or holds
+                anything but tensors and plain data.
         """
-        self._require_model("restart")
+        self.require_model("restart")
         name = info.get("model_file") or _LEGACY_MODEL_FILE
         if not isinstance(name, str) or not safe_member(name):
             raise ValueError(f"model_file {name!r} is not a file inside the checkpoint")
         payload = torch.load(directory / name, map_location="cpu", weights_only=True)
         plan = self._plan(payload, name)
-        backup = self._capture_for_rollback()
-        try:
-            self._apply(plan, report=True)
-        except BaseException:
-            self._apply(backup, report=False)
-            raise
+        notes = list(plan.notes)
         if plan.original_candle:
             what = "weights and optimizer state" if plan.optimizer is not None else "weights"
-            self.info(f"{name} was written by the original CANDLE code: {what} restored; it "
-                      "holds no RNG states, so the resumed run is not bit-identical to an "
-                      "uninterrupted one")
-
-    def _host_states(self) -> dict[str, Any]:
-        """Host copies of every entry's state, reusing (and replacing) the buffers."""
-        buffers = self._buffers
-        states = {e.key: _host_copy(_entry_state(e), e.key, buffers.get(e.key))
-                  for e in self._entries}
-        self._buffers = dict(states)
-        return states
-
-    def _capture_for_rollback(self) -> _Restore:
-        """What undoes a failed load: copies of what loading overwrites in place.
-
-        A stock optimizer's load replaces its state tensors instead of writing into them,
-        so references to them are enough (a full copy of Adam's state would cost twice
-        the model's size). The rest is copied, with ``ckpt_async`` into the capture
-        buffers (no save is in flight during restart), which the next capture reuses.
-        """
-        states: dict[str, Any] = {}
-        for e in self._entries:
-            if _loads_by_replacing(e.obj):
-                states[e.key] = _host_copy(_entry_state(e), e.key, share=True)
-                continue
-            states[e.key] = _host_copy(_entry_state(e), e.key, self._buffers.get(e.key))
-            if self.settings.async_save:  # sync saves never need buffers: do not keep it
-                self._buffers[e.key] = states[e.key]
-        model = states.pop("model")
-        optimizer = states.pop("optimizer")
-        return _Restore(model, optimizer, states, capture_rng())
+            notes.append(f"{name} was written by the original CANDLE code: {what} restored; it "
+                         "holds no RNG states, so the resumed run is not bit-identical to an "
+                         "uninterrupted one")
+        return Restored(apply=lambda: self._apply(plan), notes=notes)
 
     def _plan(self, payload: Any, name: str) -> _Restore:
         """Check the file against the live objects; nothing is changed yet."""
@@ -340,49 +256,138 @@ class CandleCkptPyTorch(CandleCkpt):
                              f"is not supported (this candle-ckpt reads {FORMAT_VERSION})")
         if "model_state_dict" not in payload:
             raise ValueError(f"{name} has no 'model_state_dict' (keys: {list(payload)[:8]})")
-        assert self.model is not None
-        module = unwrap_module(self.model["model"])
+        objects = self.require_model("restart")
+        module = unwrap_module(objects["model"])
         model_sd = _match_model(module, payload["model_state_dict"], name)
+        notes: list[str] = []
         optimizer_sd = payload.get("optimizer_state_dict")
-        if optimizer_sd is not None and not isinstance(optimizer_sd, dict):
-            raise ValueError(f"{name}: optimizer_state_dict is a {type(optimizer_sd).__name__}")
         if optimizer_sd is None:
-            self.warning(f"{name} holds no optimizer state; the optimizer starts afresh")
+            notes.append(f"{name} holds no optimizer state; the optimizer starts afresh")
+        else:
+            _match_optimizer(objects["optimizer"], optimizer_sd, payload.get("optimizer_type"),
+                             name)
         saved = payload.get("entries") or {}
         if not isinstance(saved, dict):
             raise ValueError(f"{name}: 'entries' is a {type(saved).__name__}, expected a dict")
         entries = {}
-        for entry in self._entries:
+        for entry in self.entries:
             if entry.key in _REQUIRED:
                 continue
             if entry.key in saved:
+                _check_entry(entry, saved[entry.key], name)
                 entries[entry.key] = saved[entry.key]
             else:
-                self.warning(f"{name} holds no state for {entry.key!r}; it is left as it is")
-        unknown = sorted(set(saved) - {e.key for e in self._entries})
+                notes.append(f"{name} holds no state for {entry.key!r}; it is left as it is")
+        unknown = sorted(set(saved) - {e.key for e in self.entries})
         if unknown:
-            self.warning(f"{name} holds state for {', '.join(map(repr, unknown))}, which "
+            notes.append(f"{name} holds state for {', '.join(map(repr, unknown))}, which "
                          "set_model did not name; not restored")
         rng = payload.get("rng")
-        if rng is not None and not isinstance(rng, dict):
-            raise ValueError(f"{name}: 'rng' is a {type(rng).__name__}, expected a dict")
-        return _Restore(model_sd, optimizer_sd, entries, rng, original_candle=not ours)
+        if rng is not None:
+            check_rng(rng, name)
+        return _Restore(model_sd, optimizer_sd, entries, rng, original_candle=not ours,
+                        notes=notes)
 
-    def _apply(self, plan: _Restore, report: bool) -> None:
-        assert self.model is not None
-        unwrap_module(self.model["model"]).load_state_dict(plan.model)
+    def _apply(self, plan: _Restore) -> list[str]:
+        """Copy a checked plan into the live objects; problems worth a warning."""
+        objects = self.require_model("restart")
+        unwrap_module(objects["model"]).load_state_dict(plan.model)
         if plan.optimizer is not None:
-            self.model["optimizer"].load_state_dict(plan.optimizer)
-        by_key = {e.key: e for e in self._entries}
+            objects["optimizer"].load_state_dict(plan.optimizer)
+        by_key = {e.key: e for e in self.entries}
         for key, state in plan.entries.items():
             entry = by_key[key]
             if entry.kind == "state_dict" and state == {} and entry.obj.state_dict() == {}:
                 continue  # e.g. a disabled GradScaler, which refuses an empty state
             _load_entry(entry, state)
-        if plan.rng is not None:
-            for problem in restore_rng(plan.rng):
-                if report:
-                    self.warning(problem)
+        return restore_rng(plan.rng) if plan.rng is not None else []
+
+
+class CandleCkptPyTorch(CandleCkpt):
+    """Checkpoint/restart for a PyTorch model, its optimizer and any stateful helpers.
+
+    Args:
+        gParams: dict or argparse.Namespace with the ``ckpt_*`` keys and ``epochs``.
+        logger: "DEFAULT" (console), None or a ``logging.Logger``.
+        verbose: console verbosity of the default logger.
+    """
+
+    backend_name = "torch"
+    backend: TorchBackend
+
+    def __init__(self, gParams: Any = None, logger: Any = "DEFAULT", verbose: bool = True):
+        super().__init__(gParams, logger, verbose)
+
+    def _new_backend(self) -> TorchBackend:
+        return TorchBackend(self._log)
+
+    @property
+    def model(self) -> dict[str, Any] | None:
+        """The dict given to ``set_model``."""
+        return self.backend.model
+
+    def set_model(self, model: Mapping[str, Any]) -> None:
+        """Name what to checkpoint: ``{"model": m, "optimizer": o, ...}``.
+
+        ``model`` (an ``nn.Module``, possibly wrapped in DataParallel/DDP) and
+        ``optimizer`` are required. Every other entry that has ``state_dict()`` and
+        ``load_state_dict()`` (an LR scheduler, a GradScaler, an EMA model) is saved and
+        restored under its key, as are ``torch.Generator``, ``random.Random`` and
+        ``numpy.random.Generator`` entries. Other entries are ignored (and logged).
+
+        Raises:
+            CkptParamError: ``model`` or ``optimizer`` is missing or of the wrong kind,
+                or some state could not be read back with ``weights_only=True``.
+        """
+        self.backend.set_model(model)
+
+    def ckpt_epoch(self, epoch: int, metric_value: Any = None) -> bool:  # type: ignore[override]
+        """Checkpoint the 0-based ``epoch`` just completed, if the policies say so.
+
+        ``metric_value`` (a number or a 0-d tensor) is compared in the direction of
+        ``ckpt_save_best_mode`` (with "auto", loss-like metric names are minimized).
+        Returns True when a checkpoint was written.
+
+        The checkpoint holds the global RNG states as they are *now*: call it after the
+        last draw of this epoch (e.g. after validation), so the next epoch starts from
+        exactly that state when resumed.
+        """
+        self.backend.require_model("ckpt_epoch")
+        metric = _metric_float(metric_value)
+        self.backend.progress = (int(epoch) + 1 if not isinstance(epoch, bool) else None,
+                                 metric)
+        return super().ckpt_epoch(epoch, self.direction.sign, metric)
+
+    def restart(self, model: Any = None, verbose: bool = True) -> dict[str, Any] | None:
+        """Restore the newest usable checkpoint into the objects given to ``set_model``.
+
+        ``model`` may be the ``nn.Module`` given to ``set_model`` (or its
+        DataParallel/DDP wrapper, or the module it wraps) or the ``set_model`` dict.
+        Returns the checkpoint's info (``J["epoch"]`` is the epoch to resume from) or None.
+
+        Raises:
+            CkptParamError: called before ``set_model``, or with another model.
+            CheckpointMismatchError: the checkpoint does not fit the model or optimizer.
+        """
+        if model is None:
+            self.backend.require_model("restart")
+        return super().restart(model, verbose)
+
+    def _attach_model(self, model: Any) -> None:
+        self.backend.attach(model)
+
+    def capture_state(self) -> TorchSnapshot:
+        """A host copy of everything a checkpoint holds (what an async save writes)."""
+        return self.backend.capture(live=False)
+
+    def close(self) -> None:
+        """Wait for a background save, release the directory and the capture buffers."""
+        try:
+            super().close()
+        finally:
+            backend = getattr(self, "backend", None)
+            if isinstance(backend, TorchBackend):
+                backend.release_buffers()
 
 
 # ------------------------------------------------------------------------------ entries
@@ -446,21 +451,107 @@ def _match_model(module: nn.Module, state: Any, name: str) -> dict[str, Any]:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ValueError(
+        raise CheckpointMismatchError(
             f"{name} does not fit the model: missing {_few(missing)}, unexpected "
             f"{_few(unexpected)}"
         )
     for key, value in expected.items():
         got = state[key]
-        if isinstance(value, torch.Tensor) and (
-            not isinstance(got, torch.Tensor) or got.shape != value.shape
-        ):
+        if not isinstance(value, torch.Tensor):
+            continue
+        if not isinstance(got, torch.Tensor) or got.shape != value.shape:
             shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f"{name} does not fit the model: {key} is {shape} in the checkpoint, "
                 f"{tuple(value.shape)} in the model"
             )
+        if got.dtype != value.dtype:
+            raise CheckpointMismatchError(
+                f"{name} does not fit the model: {key} is {got.dtype} in the checkpoint, "
+                f"{value.dtype} in the model"
+            )
     return state
+
+
+def _type_name(kind: type) -> str:
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _match_optimizer(optimizer: Any, saved: Any, saved_type: Any, name: str) -> None:
+    """Raise unless ``saved`` (an optimizer state_dict) can be loaded into ``optimizer``.
+
+    Checked: the optimizer's type (when the checkpoint records it), the parameter groups
+    and their sizes, and that every per-parameter state tensor has its parameter's shape.
+    """
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict) \
+            or not isinstance(saved.get("param_groups"), list):
+        raise ValueError(f"{name}: optimizer_state_dict is not an optimizer state "
+                         "(needs 'state' and 'param_groups')")
+    live_type = _type_name(type(optimizer))
+    if isinstance(saved_type, str) and saved_type != live_type:
+        raise CheckpointMismatchError(
+            f"{name} does not fit the optimizer: it holds {saved_type} state, the "
+            f"optimizer is {live_type}"
+        )
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        return  # another object with state_dict(): its own load_state_dict checks
+    groups = optimizer.param_groups
+    saved_groups = saved["param_groups"]
+    if len(saved_groups) != len(groups):
+        raise CheckpointMismatchError(
+            f"{name} does not fit the optimizer: {len(saved_groups)} parameter group(s) in "
+            f"the checkpoint, {len(groups)} in the optimizer"
+        )
+    params: dict[Any, torch.Tensor] = {}
+    for i, (group, live) in enumerate(zip(saved_groups, groups, strict=True)):
+        ids = group.get("params") if isinstance(group, dict) else None
+        if not isinstance(ids, list):
+            raise ValueError(f"{name}: optimizer param_groups[{i}] has no 'params' list")
+        if len(ids) != len(live["params"]):
+            raise CheckpointMismatchError(
+                f"{name} does not fit the optimizer: parameter group {i} has {len(ids)} "
+                f"parameters in the checkpoint, {len(live['params'])} in the optimizer"
+            )
+        params.update(zip(ids, live["params"], strict=True))
+    for pid, state in saved["state"].items():
+        if pid not in params:
+            raise CheckpointMismatchError(
+                f"{name} does not fit the optimizer: state for parameter {pid!r}, which no "
+                "parameter group names"
+            )
+        if not isinstance(state, dict):
+            raise ValueError(f"{name}: optimizer state[{pid!r}] is a {type(state).__name__}")
+        param = params[pid]
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 \
+                    and value.shape != param.shape:
+                raise CheckpointMismatchError(
+                    f"{name} does not fit the optimizer: state[{pid!r}][{key!r}] is "
+                    f"{tuple(value.shape)} in the checkpoint, its parameter is "
+                    f"{tuple(param.shape)}"
+                )
+
+
+def _check_entry(entry: _Entry, state: Any, name: str) -> None:
+    """Raise unless a saved ``set_model`` entry's state can be loaded into it."""
+    where = f"{name}: state of {entry.key!r}"
+    if entry.kind == "torch_generator":
+        live = entry.obj.get_state()
+        if not isinstance(state, torch.Tensor) or state.dtype != live.dtype \
+                or state.shape != live.shape:
+            raise ValueError(f"{where} is not a torch.Generator state")
+    elif entry.kind == "python_random":
+        if not isinstance(state, (list, tuple)) or len(state) != 3:
+            raise ValueError(f"{where} is not a random.Random state")
+    elif entry.kind == "numpy_generator":
+        live_name = entry.obj.bit_generator.state.get("bit_generator")
+        if not isinstance(state, dict) or state.get("bit_generator") != live_name:
+            raise CheckpointMismatchError(
+                f"{where} is not a {live_name} bit generator state")
+    elif isinstance(entry.obj.state_dict(), dict) and not isinstance(state, dict):
+        raise ValueError(f"{where} is a {type(state).__name__}, expected a dict")
+    elif isinstance(entry.obj, torch.optim.Optimizer):
+        _match_optimizer(entry.obj, state, None, f"{name} ({entry.key!r})")
 
 
 def _few(names: list[str]) -> str:
@@ -540,12 +631,6 @@ def _host_copy(value: Any, where: str, into: Any = None, share: bool = False) ->
     )
 
 
-def _loads_by_replacing(obj: Any) -> bool:
-    """Does ``obj.load_state_dict`` swap in new tensors, leaving its old ones untouched?"""
-    optimizer = torch.optim.Optimizer
-    return isinstance(obj, optimizer) and type(obj).load_state_dict is optimizer.load_state_dict
-
-
 def _compact_cpu(tensor: torch.Tensor) -> bool:
     """A plain CPU tensor that is all of its storage (torch.save writes just its bytes)."""
     return (
@@ -614,6 +699,35 @@ def capture_rng() -> dict[str, Any]:
         }
     rng["python"] = random.getstate()
     return rng
+
+
+def check_rng(rng: Any, name: str) -> None:
+    """Raise ValueError unless ``rng`` is what :func:`capture_rng` wrote (nothing set yet)."""
+    if not isinstance(rng, dict):
+        raise ValueError(f"{name}: 'rng' is a {type(rng).__name__}, expected a dict")
+    state = rng.get("torch")
+    live = torch.get_rng_state()
+    if state is not None and (not isinstance(state, torch.Tensor) or state.dtype != live.dtype
+                              or state.shape != live.shape):
+        raise ValueError(f"{name}: rng['torch'] is not a torch CPU generator state")
+    cuda = rng.get("cuda")
+    if cuda is not None and (not isinstance(cuda, list) or not all(
+            isinstance(s, torch.Tensor) and s.dtype == torch.uint8 for s in cuda)):
+        raise ValueError(f"{name}: rng['cuda'] is not a list of CUDA generator states")
+    numpy_state = rng.get("numpy")
+    if numpy_state is not None:
+        keys = numpy_state.get("keys") if isinstance(numpy_state, dict) else None
+        if not isinstance(keys, torch.Tensor) or keys.numel() != 624 or not all(
+                isinstance(numpy_state.get(k), t) for k, t in
+                (("bit_generator", str), ("pos", int), ("has_gauss", int),
+                 ("cached_gaussian", float))):
+            raise ValueError(f"{name}: rng['numpy'] is not a numpy RandomState state")
+    python = rng.get("python")
+    if python is not None:
+        try:
+            random.Random().setstate(_tuples(python))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{name}: rng['python'] is not a random state: {err}") from None
 
 
 def restore_rng(rng: dict[str, Any]) -> list[str]:

@@ -1,0 +1,136 @@
+"""``ckpt.log`` and the console: where every engine message goes.
+
+Each message goes to the directory's ``ckpt.log`` (always, every level) and to the
+console logger (filtered by the engine's ``verbose``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from .errors import CkptParamError
+
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+_setup_guard = threading.Lock()
+_file_loggers: dict[str, logging.Logger] = {}
+
+
+class _AppendHandler(logging.Handler):
+    """Appends each record to ckpt.log and closes it again.
+
+    Records are few (a handful per checkpoint), and holding no descriptor means a run
+    directory can be unmounted, moved or deleted while the process lives on.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(self.format(record) + "\n")
+        except OSError:
+            self.handleError(record)
+
+
+def file_logger(path: Path) -> logging.Logger:
+    """One logger and one handler per ckpt.log, however many engines use it."""
+    key = os.path.realpath(path)
+    with _setup_guard:
+        # Keyed by the exact path, not by a logger name derived from it: logging treats
+        # "." as a hierarchy separator, and any escaping of it lets two paths collide.
+        logger = _file_loggers.get(key)
+        if logger is None:
+            logger = _file_loggers[key] = logging.Logger("candle_ckpt.file:" + key)
+            handler = _AppendHandler(key)
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", TIME_FORMAT)
+            )
+            logger.addHandler(handler)
+            logger.setLevel(logging.DEBUG)
+            logger.propagate = False
+    return logger
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is at the time (it may be redirected later)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def console_logger() -> logging.Logger:
+    """The shared "DEFAULT" console logger (stdout, one handler, no propagation).
+
+    Its level stays INFO: each engine filters by its own ``verbose``, so a quiet engine
+    does not silence the others.
+    """
+    logger = logging.getLogger("candle_ckpt")
+    with _setup_guard:
+        if not logger.handlers:
+            handler = _StdoutHandler()
+            handler.setFormatter(logging.Formatter("ckpt: %(message)s"))
+            logger.addHandler(handler)
+            logger.propagate = False
+            logger.setLevel(logging.INFO)
+    return logger
+
+
+def check_logger(logger: Any) -> None:
+    """The engine's ``logger`` argument: "DEFAULT", None or a logging.Logger."""
+    if not (logger == "DEFAULT" or logger is None or isinstance(logger, logging.Logger)):
+        raise CkptParamError(
+            f"logger: value {logger!r} is not accepted; give 'DEFAULT', None or a "
+            "logging.Logger"
+        )
+
+
+class CkptLog:
+    """One engine's messages: to ckpt.log always, to the console per ``verbose``."""
+
+    def __init__(self, log_file: Path, logger: Any, verbose: bool) -> None:
+        check_logger(logger)
+        self._file = file_logger(log_file)
+        self._console_min = logging.NOTSET  # least severe level shown on the console
+        if logger == "DEFAULT":
+            self._console: logging.Logger | None = console_logger()
+            self._console_min = logging.INFO if verbose else logging.WARNING
+        else:
+            self._console = logger
+
+    def say(self, level: int, message: str) -> None:
+        self._file.log(level, message)
+        if self._console is not None and level >= self._console_min:
+            self._console.log(level, message)
+
+    def info(self, message: str) -> None:
+        self.say(logging.INFO, message)
+
+    def debug(self, message: str) -> None:
+        self.say(logging.DEBUG, message)
+
+    def warning(self, message: str) -> None:
+        self.say(logging.WARNING, message)
+
+
+def relpath(p: Any) -> Path:
+    """``p`` relative to the working directory when it is below it, else absolute."""
+    p = Path(os.path.abspath(p))  # abspath, not resolve: keep last/best as named
+    try:
+        return p.relative_to(os.path.abspath(os.getcwd()))
+    except (ValueError, OSError):
+        return p

@@ -1,0 +1,200 @@
+"""Restart: find ``last`` (both layouts), validate, fall back, and only then load.
+
+All restart I/O is here. A checkpoint is checked whole (ckpt-info.json, manifest,
+sizes, checksums, then the backend's own check of every tensor against the live model)
+before anything live changes. Two kinds of failure are kept apart:
+
+- *damaged* (missing/truncated file, bad checksum, unparsable metadata): skipped, and
+  the newest older complete checkpoint is tried, as the log and ``J["skipped"]`` say;
+- *incompatible* (another architecture or optimizer): :class:`CheckpointMismatchError`
+  at once; nothing is loaded, and "auto" does not start from scratch over the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .backend import Backend
+from .errors import (
+    CheckpointCorruptError,
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    CkptError,
+    CkptParamError,
+)
+from .integrity import check_checkpoint, has_checksums
+from .layout import Layout, Pointer
+from .logs import CkptLog, relpath
+from .record import InfoRecord, read_record
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where restart would start: the layout, the epoch ``last`` names, or why none."""
+
+    layout: Layout | None
+    epoch: int | None
+    why: str
+
+
+@dataclass(frozen=True)
+class BestSoFar:
+    """The best metric a checkpoint records (its epoch from the link for the original's)."""
+
+    value: float | None
+    epoch: int | None
+
+
+@dataclass(frozen=True)
+class RestartResult:
+    """A successful restart: the info dict returned to the user and what it restored."""
+
+    J: dict[str, Any]
+    epoch: int
+    directory: Path
+    best: BestSoFar
+
+
+class Restorer:
+    """Restarts one ckpt_directory (either layout) into a backend's live objects."""
+
+    def __init__(self, root: Path, mode: str, check_checksums: bool, log: CkptLog) -> None:
+        self.root = root
+        self.mode = mode
+        self.check_checksums = check_checksums
+        self.log = log
+
+    # ------------------------------------------------------------------ finding last
+    def locate(self, announce: bool = True) -> Located:
+        """Resolve ``last``.
+
+        Raises:
+            CheckpointCorruptError: ``last`` escapes the tree, or is a plain directory or
+                file that names no checkpoint (restart refuses to guess).
+        """
+        root = self.root
+        layout = Layout.for_restart(root)
+        if layout is None:
+            return Located(None, None, f"no 'last' in {root}/ckpts or {root}")
+        p = layout.read_pointer("last")
+        if _refused(p):
+            raise CheckpointCorruptError(
+                f"{p.path}: {p.problem}; refusing to load it. Point it at a checkpoint with "
+                f"'candle-ckpt rollback {root} EPOCH'"
+            )
+        if p.epoch is None:
+            return Located(layout, None, f"{p.path}: {p.problem}")
+        if p.reanchored and announce:
+            self.log.info(f"{p.path} -> {p.raw} dangles (the tree was moved); re-anchored to "
+                          f"{layout.epoch_dir(p.epoch)}")
+        return Located(layout, p.epoch, "ok")
+
+    def peek_best(self) -> BestSoFar | None:
+        """The best so far per the checkpoint restart would use; None if unknown. No log."""
+        try:
+            where = self.locate(announce=False)
+            if where.layout is None or where.epoch is None:
+                return None
+            info = where.layout.read_info(where.epoch)
+            return _best_of(where.layout, info, read_record(info))
+        except (CkptError, OSError, ValueError, RecursionError):
+            return None
+
+    # ------------------------------------------------------------------ restart
+    def restart(self, backend: Backend, verbose: bool = True) -> RestartResult | None:
+        """Load the newest valid checkpoint into ``backend``'s live objects.
+
+        Returns None (mode "auto") when there is nothing to restart from.
+
+        Raises:
+            CheckpointNotFoundError: mode "required" and no usable checkpoint.
+            CheckpointCorruptError: ``last`` escapes the tree or is not a link.
+            CheckpointMismatchError: the checkpoint does not fit the model/optimizer.
+        """
+        where = self.locate()
+        skipped: list[dict[str, Any]] = []
+        if where.layout is None or where.epoch is None:
+            self._none_usable(where.why, skipped)
+            return None
+        layout = where.layout
+        candidates = [where.epoch] + [e for e in reversed(layout.complete_epochs())
+                                      if e < where.epoch]
+        for epoch in candidates:
+            directory = layout.epoch_dir(epoch)
+            outcome = self._try(layout, epoch, backend)
+            if isinstance(outcome, str):
+                skipped.append({"epoch": epoch, "path": str(directory), "reason": outcome})
+                self.log.warning(f"not restarting from {directory}: {outcome}")
+                continue
+            info, best = outcome
+            J = dict(info)
+            J["restarted_from"] = str(directory)
+            J["skipped"] = skipped
+            if verbose:
+                self.log.info(f"restarted from {relpath(directory)} (epoch {epoch}; "
+                              f"best={best.value} at epoch {best.epoch})")
+            return RestartResult(J, epoch, directory, best)
+        self._none_usable("every checkpoint failed validation", skipped)
+        return None
+
+    def _try(self, layout: Layout, epoch: int,
+             backend: Backend) -> str | tuple[dict[str, Any], BestSoFar]:
+        """Check one checkpoint whole, then apply it; why it was skipped otherwise."""
+        directory = layout.epoch_dir(epoch)
+        info, problems = check_checkpoint(directory, epoch, self.check_checksums)
+        if info is None or problems:
+            return "; ".join(problems)
+        try:
+            record = read_record(info)
+        except ValueError as err:
+            return f"ckpt-info.json: {err}"
+        if self.check_checksums and not has_checksums(info):
+            self.log.warning(f"{directory} was written without checksums; verified sizes only")
+        try:
+            restored = backend.load(directory, info)
+        except (CheckpointMismatchError, CkptParamError):
+            raise  # incompatible or misused: stop, nothing was changed
+        except Exception as err:  # a framework refusing the file is damage to us
+            return f"loading failed: {type(err).__name__}: {err}"
+        for note in restored.notes:
+            self.log.info(note)
+        for note in restored.apply():
+            self.log.warning(note)
+        return info, _best_of(layout, info, record)
+
+    def _none_usable(self, why: str, skipped: list[dict[str, Any]]) -> None:
+        root = self.root
+        complete = sorted(set(Layout.ours(root).complete_epochs())
+                          | set(Layout.flat(root).complete_epochs()))
+        listing = ", ".join(map(str, complete)) if complete else "none"
+        message = (f"no checkpoint to restart from ({why}); complete checkpoints on disk: "
+                   f"{listing}")
+        if complete:
+            message += (f". To resume from one, run 'candle-ckpt rollback {root} EPOCH' "
+                        "(or re-link ckpts/last to epochs/NNN) and restart")
+        if self.mode == "required":
+            self.log.warning(message)
+            raise CheckpointNotFoundError(
+                f"ckpt_restart_mode='required' but {message}"
+                + ("; skipped: " + "; ".join(f"epoch {s['epoch']}: {s['reason']}"
+                                             for s in skipped) if skipped else "")
+            )
+        self.log.info(message + "; starting from scratch")
+
+
+def _refused(p: Pointer) -> bool:
+    """A ``last`` restart must not use or guess from (anything but missing/dangling)."""
+    problem = p.problem or ""
+    if problem.startswith("escapes"):
+        return True
+    return p.kind in ("directory", "other", "file") and p.epoch is None \
+        and not problem.startswith("dangling")
+
+
+def _best_of(layout: Layout, info: dict[str, Any], record: InfoRecord) -> BestSoFar:
+    epoch_best = record.epoch_best
+    if epoch_best is None and record.original_candle:
+        epoch_best = layout.read_pointer("best").epoch  # the original kept it in the link
+    return BestSoFar(record.best_metric_last, epoch_best)

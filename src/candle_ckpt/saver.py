@@ -1,0 +1,225 @@
+"""Saving one checkpoint: a frozen SaveRecord -> work/ -> commit -> links -> keep policy.
+
+:class:`Saver` runs the commit protocol (``commit.py``) for a record the engine decided
+and a snapshot the backend captured. Everything before ``last`` is replaced can fail
+(and then raises :class:`CheckpointWriteError`, ``last`` untouched); ``last``'s
+``os.replace`` is the commit point, and what follows it (the keep policy, the log)
+never raises: a failed deletion is logged and retried after the next save.
+
+:class:`AsyncSaver` wraps a Saver and runs it on one writer thread, as Lightning's
+AsyncCheckpointIO wraps any CheckpointIO; its error surfaces at the next ``wait``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .backend import Backend
+from .commit import Committer, FileSink
+from .errors import CheckpointWriteError, CkptError
+from .layout import INFO_FILE, Layout
+from .logs import CkptLog, relpath
+from .policy import epochs_to_delete
+from .record import SaveRecord, to_info
+
+
+@dataclass(frozen=True)
+class KeepRule:
+    """The keep policy's parameters (``ckpt_keep_mode``, ``ckpt_keep_limit``)."""
+
+    mode: str
+    limit: int
+
+
+class Saver:
+    """Writes and commits checkpoints into one layout; keeps this run's within the policy."""
+
+    def __init__(self, layout: Layout, committer: Committer, backend: Backend, log: CkptLog,
+                 keep: KeepRule) -> None:
+        self.layout = layout
+        self.committer = committer
+        self.backend = backend
+        self.log = log
+        self.keep = keep
+        self.run_epochs: list[int] = []  # written by this engine: the keep policy's scope
+        self.resumed_from: int | None = None  # never deleted by the keep policy
+        self.time_saving = 0.0
+
+    # ------------------------------------------------------------------ writing
+    def write_work(self, work: Path, record: SaveRecord, snapshot: Any) -> dict[str, Any]:
+        """The backend's files, then ckpt-info.json (fsynced) last; returns the info."""
+        sink = FileSink(work, record.checksum_algorithm)
+        start = time.perf_counter()
+        written = self.backend.write(snapshot, sink)
+        files = sink.finish()
+        if written.model_file not in files:
+            raise CheckpointWriteError(
+                0, f"backend reported model file {written.model_file!r} that it did not write"
+            )
+        nbytes = sum(f["size"] for f in files.values())
+        self.log.debug(f"epoch {record.epoch}: wrote {len(files)} file(s), {nbytes} bytes in "
+                       f"{time.perf_counter() - start:.3f}s")
+        info = to_info(record, written, files)
+        self.committer.write_info(work / INFO_FILE, info)
+        return info
+
+    def save(self, record: SaveRecord, snapshot: Any) -> Path:
+        """Write, commit and point ``last`` (and ``best``) at the record's epoch.
+
+        Raises:
+            CheckpointWriteError: anything failed before the commit point; ``last`` and
+                every earlier checkpoint are untouched.
+        """
+        start = time.perf_counter()
+        epoch = record.epoch
+        work = self.layout.work
+        try:
+            self.committer.new_work()
+            self.write_work(work, record, snapshot)
+            directory = self.committer.publish(epoch, work)
+            self._point_best(record)
+            self.committer.point("last", epoch)  # the commit point
+        except OSError as err:
+            shutil.rmtree(work, ignore_errors=True)
+            if isinstance(err, CkptError):
+                raise
+            raise CheckpointWriteError(
+                err.errno,
+                f"saving epoch {epoch} into {work} failed: {err.strerror or err}; "
+                "earlier checkpoints and 'last' are untouched",
+                err.filename,
+            ) from err
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        self._committed(record, directory, time.perf_counter() - start)
+        return directory
+
+    def _point_best(self, record: SaveRecord) -> None:
+        if record.is_best:
+            self.committer.point("best", record.epoch)
+            self.log.debug(f"linked best -> {self.layout.pointer_text(record.epoch)}")
+        elif record.epoch_best is not None and not self.layout.read_pointer("best").ok \
+                and self.layout.is_complete(record.epoch_best):
+            # best was removed (its epoch re-done) or is missing: point it back at ours.
+            self.committer.point("best", record.epoch_best)
+
+    def _committed(self, record: SaveRecord, directory: Path, elapsed: float) -> None:
+        """After the commit point: bookkeeping, log, keep policy. Never raises."""
+        try:
+            if record.epoch in self.run_epochs:
+                self.run_epochs.remove(record.epoch)
+            self.run_epochs.append(record.epoch)
+            self.time_saving += elapsed
+            self.log.info(f"epoch {record.epoch}: saved {relpath(directory)} in {elapsed:.3f}s"
+                          + (" (best)" if record.is_best else ""))
+            self.clean(record.epoch, record.epoch_best)
+        except Exception as err:  # the checkpoint is committed: report, never undo
+            self._warn(f"epoch {record.epoch} is committed, but what follows failed: "
+                       f"{type(err).__name__}: {err}; retried after the next save")
+
+    # ------------------------------------------------------------------ keep policy
+    def protected(self) -> set[int]:
+        """Never deleted by the keep policy: the targets of last and best, the resumed one."""
+        protected = set()
+        for name in ("last", "best"):
+            p = self.layout.read_pointer(name)
+            if p.epoch is not None:
+                protected.add(p.epoch)
+        if self.resumed_from is not None:
+            protected.add(self.resumed_from)
+        return protected
+
+    def clean(self, epoch_now: int, epoch_best: int | None) -> tuple[int, int]:
+        """Delete this run's old checkpoints per the keep policy; (kept, deleted).
+
+        A deletion that fails is logged; the epoch stays in this run's list, so the
+        next save's clean tries it again.
+        """
+        doomed = epochs_to_delete(self.keep.mode, self.keep.limit, self.run_epochs,
+                                  epoch_now, epoch_best, self.protected())
+        deleted = 0
+        for epoch in doomed:
+            if self.delete(epoch):
+                deleted += 1
+        return len(self.run_epochs), deleted
+
+    def delete(self, epoch: int) -> bool:
+        """Delete one checkpoint of this run; False (logged) when the filesystem refuses."""
+        self.log.debug(f"deleting epoch {epoch} (keep policy {self.keep.mode}/{self.keep.limit})")
+        try:
+            self.committer.delete_epoch(epoch)
+        except OSError as err:
+            self._warn(f"could not delete epoch {epoch} (keep policy): {err}; "
+                       "it is tried again after the next save")
+            return False
+        if epoch in self.run_epochs:
+            self.run_epochs.remove(epoch)
+        return True
+
+    def _warn(self, message: str) -> None:
+        try:
+            self.log.warning(message)
+        except Exception:  # the log itself failing must not undo a commit either
+            pass
+
+
+class AsyncSaver:
+    """Runs a :class:`Saver` on one writer thread; at most one save in flight."""
+
+    def __init__(self, saver: Saver) -> None:
+        self.saver = saver
+        self._thread: threading.Thread | None = None
+        self._record: SaveRecord | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def pending(self) -> SaveRecord | None:
+        """The record of the save in flight (or finished but not yet waited for)."""
+        return self._record
+
+    def submit(self, record: SaveRecord, snapshot: Any) -> None:
+        """Start saving ``snapshot`` (a host copy: training may change the live state)."""
+        if self._thread is not None:
+            raise RuntimeError("AsyncSaver.submit: a save is still in flight; wait() first")
+        self._record, self._error = record, None
+
+        def write() -> None:
+            try:
+                self.saver.save(record, snapshot)
+            except BaseException as err:  # reported by the next wait()
+                self._error = err
+                self.saver._warn(f"epoch {record.epoch}: background save failed: {err}")
+
+        # Not a daemon: interpreter exit waits for the checkpoint to become durable.
+        self._thread = threading.Thread(target=write, name=f"candle-ckpt-save-{record.epoch}")
+        self._thread.start()
+
+    def wait(self) -> SaveRecord | None:
+        """Wait for the save in flight; the committed record, None if there was none.
+
+        Raises:
+            CheckpointWriteError: the save failed (earlier checkpoints and ``last`` are
+                untouched).
+        """
+        thread, record, err = self._thread, self._record, self._error
+        if thread is None:
+            return None
+        thread.join()
+        err = self._error
+        self._thread, self._record, self._error = None, None, None
+        if err is None:
+            return record
+        assert record is not None
+        if isinstance(err, CkptError):
+            raise err
+        raise CheckpointWriteError(
+            getattr(err, "errno", None) or 0,
+            f"background save of epoch {record.epoch} failed: {type(err).__name__}: {err}; "
+            "earlier checkpoints and 'last' are untouched",
+        ) from err
