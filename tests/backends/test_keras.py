@@ -401,3 +401,29 @@ def test_import_candle_ckpt_does_not_import_keras() -> None:
     code = ("import sys, candle_ckpt; assert 'keras' not in sys.modules; "
             "assert 'tensorflow' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# ------------------------------------------------------------------------ validate, then apply
+MISMATCH_SCRIPT = HERE / "keras_mismatch_script.py"
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "torch"])
+@pytest.mark.parametrize(("case", "error", "named"), [
+    ("shape", "CheckpointMismatchError", "(4, 8) float32 in the checkpoint, (4, 9)"),
+    ("optimizer", "CheckpointMismatchError", "SGD"),
+    ("rng", "CheckpointNotFoundError", "rng-state.json: a global RNG state is damaged"),
+])
+def test_a_restart_that_fails_leaves_every_live_value_bit_identical(
+        tmp_path: Path, backend: str, case: str, error: str, named: str) -> None:
+    """Mismatch (shape, optimizer type) or damage (RNG file): nothing live changes."""
+    pytest.importorskip("tensorflow" if backend == "tensorflow" else "torch")
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
+               CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, str(MISMATCH_SCRIPT), case, str(tmp_path / "c")],
+                          env=env, text=True, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    result = json.loads(line[len("RESULT "):])
+    assert result["error"] == error, result
+    assert named in result["message"], result
+    assert result["unchanged"], result

@@ -1,0 +1,149 @@
+"""saver: what fails before the commit point raises and changes nothing; after it, nothing
+raises and nothing is undone (the best stays, deletions are retried)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from pathlib import Path
+
+import pytest
+from fshelpers import blobs, ckpts, engine, link_target, train
+
+from candle_ckpt import CheckpointWriteError
+from candle_ckpt.backend import Restored, Written
+from candle_ckpt.commit import Committer, FileSink
+from candle_ckpt.layout import Layout
+from candle_ckpt.logs import CkptLog
+from candle_ckpt.record import SaveRecord
+from candle_ckpt.saver import AsyncSaver, KeepRule, Saver
+
+
+class FaultyBackend:
+    """Writes two files; the second write can fail with any errno."""
+
+    name = "faulty"
+
+    def __init__(self, fail: int | None = None) -> None:
+        self.fail = fail
+
+    def capture(self, live: bool) -> dict[str, bytes]:
+        return {"model.bin": b"m" * 100, "extra.bin": b"e" * 10}
+
+    def write(self, snapshot: dict[str, bytes], sink: FileSink) -> Written:
+        for i, (name, data) in enumerate(snapshot.items()):
+            with sink.open(name) as f:
+                if i == 1 and self.fail is not None:
+                    f.write(data[:3])
+                    raise OSError(self.fail, "injected")
+                f.write(data)
+        return Written("model.bin", {})
+
+    def load(self, directory: Path, info: dict) -> Restored:
+        return Restored(lambda: [])
+
+
+def make_record(epoch: int, best: bool = False) -> SaveRecord:
+    return SaveRecord(epoch=epoch, metric_value=1.0 / epoch, is_best=best,
+                      best_metric_last=1.0 / epoch if best else None,
+                      epoch_best=epoch if best else None, save_best_metric="val_loss",
+                      best_mode="min", checksum_algorithm=None, metadata=None,
+                      backend="faulty", time=0.0, time_previous=None)
+
+
+def make_saver(root: Path, backend: FaultyBackend, keep: KeepRule = KeepRule("all", 10)):
+    layout = Layout.ours(root)
+    log = CkptLog(layout.log_file, None, False)
+    return Saver(layout, Committer(layout, log.info), backend, log, keep)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EMFILE, errno.EDQUOT, errno.EIO])
+def test_a_write_failure_raises_write_error_naming_the_epoch_and_leaves_last(tmp_path, code):
+    saver = make_saver(tmp_path, FaultyBackend())
+    saver.save(make_record(1), saver.backend.capture(False))
+    saver.backend.fail = code
+    with pytest.raises(CheckpointWriteError) as err:
+        saver.save(make_record(2), saver.backend.capture(False))
+    assert err.value.errno == code and "epoch 2" in str(err.value)
+    assert link_target(ckpts(tmp_path) / "last") == "epochs/001"
+    assert not (ckpts(tmp_path) / "work").exists()
+    assert not (ckpts(tmp_path) / "epochs" / "002").exists()
+
+
+def test_a_failing_deletion_after_the_commit_point_is_logged_and_retried(tmp_path, caplog):
+    saver = make_saver(tmp_path, FaultyBackend(), KeepRule("linear", 1))
+    original = saver.committer.delete_epoch
+    refused = []
+
+    def busy(epoch: int) -> None:
+        if not refused:
+            refused.append(epoch)
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        original(epoch)
+
+    saver.committer.delete_epoch = busy  # type: ignore[method-assign]
+    saver.save(make_record(1), saver.backend.capture(False))
+    saver.save(make_record(2), saver.backend.capture(False))  # deleting 1 fails: no raise
+    assert refused == [1]
+    assert link_target(ckpts(tmp_path) / "last") == "epochs/002"
+    assert (ckpts(tmp_path) / "epochs" / "001").is_dir()
+    assert "could not delete epoch 1" in (tmp_path / "ckpt.log").read_text()
+    saver.save(make_record(3), saver.backend.capture(False))  # retried: 1 and 2 go now
+    assert Layout.ours(tmp_path).list_epochs() == [3]
+
+
+def test_async_saver_reports_the_error_at_wait_and_commits_nothing(tmp_path):
+    saver = make_saver(tmp_path, FaultyBackend(errno.ENOSPC))
+    wrapper = AsyncSaver(saver)
+    wrapper.submit(make_record(1), saver.backend.capture(False))
+    assert wrapper.pending is not None and wrapper.pending.epoch == 1
+    with pytest.raises(CheckpointWriteError, match="epoch 1"):
+        wrapper.wait()
+    assert wrapper.pending is None and wrapper.wait() is None
+    assert not (ckpts(tmp_path) / "last").exists()
+
+
+def test_an_engine_error_after_the_commit_point_keeps_the_save_and_the_best(tmp_path):
+    """Through the public API: deletions refused by the filesystem never raise out of
+    ckpt_epoch, never move the best, and the real best is never deleted."""
+    with engine(tmp_path, ckpt_keep_limit=1) as e:
+        def refuse(epoch: int) -> None:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+
+        e.committer.delete_epoch = refuse  # type: ignore[method-assign]
+        assert train(e, [1, 2, 3], metrics={1: 0.5, 2: 0.2, 3: 0.9}) == [1, 2, 3]
+        assert (e.best_metric_last, e.epoch_best) == (0.2, 2)
+        assert link_target(ckpts(tmp_path) / "best") == "epochs/002"
+        assert link_target(ckpts(tmp_path) / "last") == "epochs/003"
+        J = e.restart()
+    assert J is not None and J["epoch"] == 3 and e.state == blobs(3)
+
+
+def test_a_failed_save_leaves_the_best_as_it_was(tmp_path):
+    with engine(tmp_path) as e:
+        train(e, [1], metrics={1: 0.5})
+        e.backend.state = {"model.bin": b"x"}
+        original = e.committer.publish
+
+        def full(epoch, work):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        e.committer.publish = full  # type: ignore[method-assign]
+        with pytest.raises(CheckpointWriteError):
+            e.ckpt_epoch(1, "-", 0.1)  # would be a new best
+        assert (e.best_metric_last, e.epoch_best) == (0.5, 1)
+        e.committer.publish = original  # type: ignore[method-assign]
+        assert e.ckpt_epoch(1, "-", 0.3)  # still better than 0.5: a new best of epoch 2
+        assert (e.best_metric_last, e.epoch_best) == (0.3, 2)
+
+
+def test_a_log_that_cannot_be_written_never_fails_a_save(tmp_path, monkeypatch):
+    monkeypatch.setattr(logging, "raiseExceptions", False)  # no "Logging error" noise
+    with engine(tmp_path) as e:
+        train(e, [1])
+        log = tmp_path / "ckpt.log"
+        log.unlink()
+        log.mkdir()  # appending now fails with IsADirectoryError
+        e.set_model(blobs(2))
+        assert e.ckpt_epoch(1, "-", 0.1)
+    assert link_target(ckpts(tmp_path) / "last") == "epochs/002"
