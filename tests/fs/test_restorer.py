@@ -89,7 +89,8 @@ def test_nothing_valid(tmp_path):
 def test_an_invalid_info_record_is_damage(tmp_path):
     three(tmp_path)
     info = ckpts(tmp_path) / "epochs" / "003" / "ckpt-info.json"
-    info.write_text(info.read_text().replace('"best_metric_last": ', '"best_metric_last": "x", "_": '))
+    text = info.read_text().replace('"best_metric_last": ', '"best_metric_last": "x", "_": ')
+    info.write_text(text)
     backend = FakeBackend()
     result = restorer(tmp_path).restart(backend)
     assert result is not None and result.epoch == 2 and backend.checked == [2]

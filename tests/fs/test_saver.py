@@ -51,7 +51,10 @@ def make_record(epoch: int, best: bool = False) -> SaveRecord:
                       backend="faulty", time=0.0, time_previous=None)
 
 
-def make_saver(root: Path, backend: FaultyBackend, keep: KeepRule = KeepRule("all", 10)):
+KEEP_ALL = KeepRule("all", 10)
+
+
+def make_saver(root: Path, backend: FaultyBackend, keep: KeepRule = KEEP_ALL):
     layout = Layout.ours(root)
     log = CkptLog(layout.log_file, None, False)
     return Saver(layout, Committer(layout, log.info), backend, log, keep)
