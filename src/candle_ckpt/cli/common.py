@@ -110,7 +110,9 @@ def resolve_epoch(layout: Layout, spec: str, pointers: Sequence[str] = ("last", 
             raise CliError(f"{spec} ({shown(p.path)}) is not usable: {shown(p.problem)}")
         return p.epoch
     if not (spec.isascii() and spec.isdigit()):
-        accepted = "an epoch number" + "".join(f", {n!r}" for n in pointers)
+        options = ["an epoch number", *(repr(n) for n in pointers)]
+        accepted = (", ".join(options[:-1]) + " or " + options[-1]) if len(options) > 1 else (
+            options[0])
         raise CliError(f"epoch {shown(repr(spec))} is not accepted; give {accepted}")
     epoch = int(spec)
     if epoch not in layout.list_epochs():

@@ -80,6 +80,9 @@ def run_demo(framework: str, directory: str | None, epochs: int = 8,
             last = Layout.ours(a_dir).read_pointer("last").epoch
             print(f"[3/4] run A restarted with the same command (last -> epoch {last}, "
                   f"killed during epoch {killed_at + 1})")
+            a_log.write(f"--- candle-ckpt demo: SIGKILLed after epoch {killed_at} was "
+                        "committed; restarted with the same command ---\n")
+            a_log.flush()
             resumed = _spawn(framework, a_dir, epochs, root / "interrupted-weights.json",
                              a_log, None, stdout=subprocess.PIPE)
             _echo(resumed, "  A' | ", a_log)
@@ -93,7 +96,7 @@ def run_demo(framework: str, directory: str | None, epochs: int = 8,
             b.wait()
         b_log.close()
     print()
-    print(f"[4/4] candle-ckpt list {root}    (the demo directory stands for run A's, "
+    print(f"[4/4] candle-ckpt list {root}    (a demo directory means its run A, "
           f"{DEMO_RUN}/)")
     print()
     print_listing(Layout.for_reading(a_dir), rows_of(Layout.for_reading(a_dir)))
