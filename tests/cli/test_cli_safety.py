@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -240,3 +242,23 @@ def test_a_planted_log_symlink_is_not_followed(run6: Path, tmp_path: Path) -> No
     assert run_cli("rollback", run6, "3").returncode == 0
     assert victim.read_text() == "precious\n"
     assert os.readlink(run6 / "ckpts" / "last") == "epochs/003"
+
+
+def test_odd_names_print_as_escapes_even_on_an_ascii_terminal(pristine: Path,
+                                                              tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    shutil.copytree(pristine, root, symlinks=True)
+    _odd_names(root)
+    info = epoch_dir(root, 6) / "ckpt-info.json"
+    info.write_text(info.read_text().replace('"val_loss"', '"p\\u00e9rte"'))
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    shown = {}
+    for command in ("list", "show 4", "show 6", "verify"):
+        name, *rest = command.split()
+        proc = subprocess.run([sys.executable, "-m", "candle_ckpt", name, str(root), *rest],
+                              capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode in (0, 1), (command, proc.stderr)
+        assert proc.stderr == "" and "Traceback" not in proc.stdout, command
+        shown[command] = proc.stdout
+    assert "save_best_metric    p\\xe9rte" in shown["show 6"]  # escaped, not an error
+    assert "\\x1b[31mred\\udcff" in shown["show 4"]
