@@ -10,14 +10,15 @@ Exit status: 0 success; 1 ``verify`` found a bad checkpoint (or the demo's weigh
 differ); 2 an error (bad arguments, no such directory or epoch, locked directory, ...),
 reported as one line on stderr, never a traceback.
 
-Modules (each imports only modules below it in this list)::
+Modules, each importing only modules below it in this list (so there is no cycle;
+``tests/cli/test_cli_layout.py`` checks it)::
 
     parser        build_parser(), main(): dispatch, exit status, the error line
-    listing       list, show                 (read-only)
-    verify        verify; check_epoch()/is_valid() shared with rollback and prune
+    demo          demo: the parent that spawns, kills and compares the runs
     changes       rollback, prune            (take the writer lock)
     plot          plot                       (matplotlib, imported when run)
-    demo          demo: the parent that spawns, kills and compares the runs
+    verify        verify; check_epoch()/is_valid() shared with rollback and prune
+    listing       list, show                 (read-only)
     demo_trainer  the demo's child training run (python -m candle_ckpt.cli.demo_trainer)
     common        opening a directory, epoch arguments, tables, the log, shown()
 """
