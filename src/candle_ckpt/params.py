@@ -168,6 +168,7 @@ def disabled(gParameters: Any, key: str) -> bool:
 # ---------------------------------------------------------------------------------------
 # The checkpoint hyperparameters: one table drives validation, argparse and defs.
 
+DEFAULT_DIRECTORY = "./save"  # the spec's default ckpt_directory, when output_dir is unset
 RESTART_MODES = ("off", "auto", "required")
 KEEP_MODES = ("linear", "exponential", "all")
 BEST_MODES = ("auto", "min", "max")
@@ -194,14 +195,17 @@ CKPT_PARAMS: tuple[_Def, ...] = (
     _Def("ckpt_skip_epochs", ParamType.INTEGER_NN, 0,
          "Number of initial epochs to skip before writing checkpoints"),
     _Def("ckpt_save_interval", ParamType.INTEGER_NN, 1,
-         "Save every N epochs; 0 disables interval and final-epoch saves"),
+         "Save every N epochs and the final epoch; 0 saves nothing (no best, no final)"),
     _Def("ckpt_checksum", ParamType.BOOLEAN, False,
          "Store checksums of every file and verify them at restart"),
     _Def("ckpt_keep_mode", ParamType.STRING, "linear",
          "Which old checkpoints of this run to keep: linear | exponential | all", KEEP_MODES),
     _Def("ckpt_keep_limit", ParamType.INTEGER_GZ, 1000000,
          "Maximal number of checkpoints of this run to keep"),
-    _Def("ckpt_directory", ParamType.STRING, "./save", "Top directory for checkpoints"),
+    # No default here: ckpt_parser/ckpt_defs would inject it and hide output_dir.
+    # read_settings applies the defaults (output_dir, else DEFAULT_DIRECTORY).
+    _Def("ckpt_directory", ParamType.STRING, None,
+         "Top directory for checkpoints (default: output_dir when given, else ./save)"),
     _Def("ckpt_metadata", ParamType.STRING, None,
          "Arbitrary string stored in every ckpt-info.json (job ID, host, ...)"),
     _Def("ckpt_save_weights_only", ParamType.BOOLEAN, False,
@@ -227,6 +231,7 @@ class CkptSettings:
     keep_mode: str
     keep_limit: int
     directory: Path
+    directory_source: str  # why this directory: e.g. "ckpt_directory", "output_dir (...)"
     metadata: str | None
     epochs: int | None
     save_weights_only: bool
@@ -251,11 +256,7 @@ def read_settings(gParameters: Any, *, epochs_required: bool = True) -> CkptSett
     epochs = param(
         gParameters, "epochs", ParamRequired() if epochs_required else None, ParamType.INTEGER_NN
     )
-    directory = v["ckpt_directory"]
-    if not directory or not directory.strip():
-        raise CkptParamError(
-            f"parameter 'ckpt_directory': value {directory!r} is empty; give a directory path"
-        )
+    directory, directory_source = _checkpoint_root(gParameters, v["ckpt_directory"])
     best_last = v["ckpt_best_metric_last"]
     if best_last is not None and math.isnan(best_last):
         raise CkptParamError(
@@ -278,12 +279,38 @@ def read_settings(gParameters: Any, *, epochs_required: bool = True) -> CkptSett
         keep_mode=v["ckpt_keep_mode"],
         keep_limit=v["ckpt_keep_limit"],
         directory=Path(directory).expanduser(),
+        directory_source=directory_source,
         metadata=v["ckpt_metadata"],
         epochs=epochs,
         save_weights_only=v["ckpt_save_weights_only"],
         best_metric_last=best_last,
         async_save=v["ckpt_async"],
     )
+
+
+def _checkpoint_root(gParameters: Any, ckpt_directory: str | None) -> tuple[str, str]:
+    """The top checkpoint directory and why it was chosen.
+
+    ``ckpt_directory`` when given; absent or None (candle_lib's ``finalize_parameters``
+    passes None), ``output_dir`` when given: candle_lib then checkpoints into
+    ``output_dir/ckpts/{epochs,last,best}``, exactly our layout's paths under that root,
+    so its runs restart here; else the spec's ``./save``.
+    """
+    if ckpt_directory is not None:
+        return _non_empty("ckpt_directory", ckpt_directory), "ckpt_directory"
+    output_dir = param(gParameters, "output_dir", None, ParamType.STRING)
+    if output_dir is not None:
+        return (_non_empty("output_dir", output_dir),
+                "output_dir (ckpt_directory is not set)")
+    return DEFAULT_DIRECTORY, "default ./save (neither ckpt_directory nor output_dir is set)"
+
+
+def _non_empty(key: str, directory: str) -> str:
+    if not directory.strip():
+        raise CkptParamError(
+            f"parameter {key!r}: value {directory!r} is empty; give a directory path"
+        )
+    return directory
 
 
 def _str2bool(text: str) -> bool:
@@ -309,7 +336,7 @@ def ckpt_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         kwargs: dict[str, Any] = {
             "type": _argparse_type(d.type_),
             "default": d.default,
-            "help": f"{d.help} (default: {d.default!r})",
+            "help": d.help if "(default:" in d.help else f"{d.help} (default: {d.default!r})",
         }
         if d.allowed is not None:
             kwargs["choices"] = list(d.allowed)

@@ -104,21 +104,27 @@ def should_save(
 ) -> SaveDecision:
     """Should the (1-based) ``epoch`` just completed be saved?
 
-    Rules, in order: epochs ``<= skip_epochs`` are never saved; a new best is saved when
-    ``save_best``; with ``save_interval > 0`` every multiple of it and the final epoch
-    are saved; ``save_interval == 0`` disables interval and final-epoch saves.
+    Rules, in order: ``save_interval == 0`` saves nothing at all, not even a new best or
+    the final epoch (the spec: "Set save_interval=0 to disable these checkpoints (save
+    nothing)"; the original returns first thing too); epochs ``<= skip_epochs`` are
+    never saved; a new best is saved when ``save_best``; every multiple of
+    ``save_interval`` and the final epoch are saved.
     """
+    if save_interval < 0:
+        raise CkptParamError(
+            f"parameter 'ckpt_save_interval': value {save_interval} must be an integer >= 0"
+        )
+    if save_interval == 0:
+        return SaveDecision(False, "ckpt_save_interval=0: saving is disabled")
     if epoch <= skip_epochs:
         return SaveDecision(False, f"epoch {epoch} <= ckpt_skip_epochs={skip_epochs}")
     if save_best and is_new_best:
         return SaveDecision(True, "new best")
-    if save_interval > 0:
-        if epoch % save_interval == 0:
-            return SaveDecision(True, f"interval {save_interval}")
-        if epochs_total is not None and epoch == epochs_total:
-            return SaveDecision(True, "final epoch")
-        return SaveDecision(False, f"not on interval {save_interval}")
-    return SaveDecision(False, "ckpt_save_interval=0")
+    if epoch % save_interval == 0:
+        return SaveDecision(True, f"interval {save_interval}")
+    if epochs_total is not None and epoch == epochs_total:
+        return SaveDecision(True, "final epoch")
+    return SaveDecision(False, f"not on interval {save_interval}")
 
 
 def epochs_to_keep(
@@ -188,3 +194,37 @@ def epochs_to_delete(
     """The complement of :func:`epochs_to_keep` within ``run_epochs``, oldest first."""
     keep = epochs_to_keep(mode, keep_limit, run_epochs, epoch_now, epoch_best, protected)
     return sorted(set(run_epochs) - keep)
+
+
+def restart_order(last: int, complete: Iterable[int]) -> list[int]:
+    """The checkpoints restart tries, in order, when ``last`` points at epoch ``last``.
+
+    ``last`` first, then every complete checkpoint older than it, newest first: restart
+    loads the first that validates. Epochs after ``last`` (left by a rollback) are never
+    tried; training re-does them.
+    """
+    return [last] + sorted((e for e in set(complete) if e < last), reverse=True)
+
+
+def protected_epochs(
+    *,
+    last: int | None,
+    best: int | None,
+    restart_from: int | None = None,
+    newest_valid: int | None = None,
+) -> set[int]:
+    """The checkpoints that no deletion (keep policy, ``candle-ckpt prune``) may remove.
+
+    Args:
+        last: the epoch ``last`` points to (whether or not that checkpoint is valid).
+        best: the epoch ``best`` points to.
+        restart_from: the checkpoint a restart loads: the one this run resumed from
+            (engine), or the one a restart would load now (CLI: ``last`` when it is
+            valid, else the first valid one of :func:`restart_order`).
+        newest_valid: the newest checkpoint that passes verification, the one to roll
+            back to when everything newer turns out to be damaged.
+
+    Returns:
+        The given epochs (None means "there is none").
+    """
+    return {e for e in (last, best, restart_from, newest_valid) if e is not None}

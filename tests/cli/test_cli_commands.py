@@ -108,9 +108,20 @@ def test_verify_catches_a_flipped_byte_and_names_the_file(run6: Path) -> None:
     assert proc.returncode == 1
     assert f"{bad}: checksum" in proc.stdout
     assert "FAILED  epoch 5" in proc.stdout and proc.stdout.count("OK      epoch") == 5
-    assert "1 of 6 checked failed" in proc.stderr
+    # The verdict goes where "all hold" goes: stdout (stderr is for errors, exit 2).
+    assert "1 of 6 checked failed" in proc.stdout and proc.stderr == ""
     only_4 = run_cli("verify", run6, "4")
     assert only_4.returncode == 0 and "epoch 5" not in only_4.stdout
+
+
+def test_verify_columns_line_up_past_epoch_9(tmp_path: Path) -> None:
+    train(tmp_path, 11, "--no-checksum")
+    proc = run_cli("verify", tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("OK")]
+    assert len(rows) == 11
+    assert len({line.index(str(tmp_path)) for line in rows}) == 1  # paths start in one column
+    assert "OK      epoch  9  " in proc.stdout and "OK      epoch 10  " in proc.stdout
 
 
 def test_verify_checks_sizes_of_a_run_without_checksums(tmp_path: Path) -> None:
@@ -160,6 +171,13 @@ def test_rollback_refuses_an_epoch_that_fails_verification(run6: Path) -> None:
     flip_byte(bad)
     line = assert_one_line_error(run_cli("rollback", run6, "3"), "refusing", str(bad))
     assert "checksum" in line
+    assert last_target(run6) == "epochs/006"
+
+
+def test_rollback_takes_a_number_or_best_as_its_help_says(run6: Path) -> None:
+    assert_one_line_error(run_cli("rollback", run6, "last"), "'last' is not accepted",
+                          "an epoch number or 'best'")
+    assert "an epoch number, or 'best'" in run_cli("rollback", "--help").stdout
     assert last_target(run6) == "epochs/006"
 
 
@@ -254,7 +272,7 @@ def test_plot_without_matplotlib_says_how_to_install_it(run6: Path, tmp_path: Pa
             "sys.exit(main(sys.argv[1:]))")
     proc = subprocess.run([sys.executable, "-c", code, "plot", str(run6), "-o",
                            str(tmp_path / "x.png")], capture_output=True, text=True, timeout=60)
-    assert_one_line_error(proc, "pip install 'candle-ckpt[plot]'")
+    assert_one_line_error(proc, "pip install matplotlib", "pip install -e '.[plot]'")
     assert not (tmp_path / "x.png").exists()
 
 
@@ -281,6 +299,27 @@ def test_unknown_epoch_is_one_line(run6: Path) -> None:
     assert_one_line_error(run_cli("show", run6, "42"), "no epoch 42")
     assert_one_line_error(run_cli("verify", run6, "42"), "no epoch 42")
     assert_one_line_error(run_cli("show", run6, "latest"), "'latest'")
+
+
+@pytest.mark.parametrize("command", ["list", "show", "verify", "rollback", "prune", "plot",
+                                     "demo"])
+def test_every_subcommand_help_has_a_description_and_explains_dir(command: str) -> None:
+    proc = run_cli(command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    usage, description = proc.stdout.split("\n\n")[:2]
+    assert usage.startswith(f"usage: candle-ckpt {command}")
+    assert len(description.split()) >= 8, description  # a sentence, not the usage again
+    if command != "demo":
+        assert "ckpt_directory" in proc.stdout.split("DIR", 2)[-1]  # DIR has help text
+
+
+def test_the_demo_directory_is_accepted_for_its_interrupted_run(tmp_path: Path) -> None:
+    (tmp_path / ".candle-ckpt-demo").write_text("made by candle-ckpt demo\n")
+    train(tmp_path / "interrupted", 2)
+    data = list_json(tmp_path)
+    assert data["directory"] == str(tmp_path / "interrupted")
+    assert [c["epoch"] for c in data["checkpoints"]] == [1, 2]
+    assert run_cli("verify", tmp_path).returncode == 0
 
 
 def test_bad_arguments_exit_2_with_usage(run6: Path) -> None:

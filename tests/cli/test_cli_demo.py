@@ -30,6 +30,13 @@ def test_demo_kills_restarts_and_matches_a_straight_run(tmp_path: Path,
     assert resumed["resumed_from"] == 3 and straight["resumed_from"] is None
     assert resumed["tensors"] == straight["tensors"]
     assert run_cli("verify", run).returncode == 0
+    # The demo's own directory stands for its run A; the commands accept it.
+    assert list_json(tmp_path / "demo")["directory"] == str(run)
+    assert "the equality does not" in out  # the digest varies by CPU; it says so
+    # Each run's log holds what its child printed, stdout included, kill and restart.
+    log = (tmp_path / "demo" / "interrupted.log").read_text()
+    assert "epoch 1/8" in log and "SIGKILLed after epoch 3" in log and "restarted from" in log
+    assert "epoch 8/8" in (tmp_path / "demo" / "straight.log").read_text()
 
 
 def test_demo_reuses_its_own_directory_but_not_a_foreign_one(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from candle_ckpt import (
     param_allowed,
     param_type_check,
 )
-from candle_ckpt.params import CKPT_PARAMS, read_settings
+from candle_ckpt.params import CKPT_PARAMS, DEFAULT_DIRECTORY, read_settings
 from candle_ckpt.testing import CandleCkptFiles
 
 SPEC_DEFAULTS = {
@@ -34,9 +34,12 @@ SPEC_DEFAULTS = {
     "ckpt_checksum": False,
     "ckpt_keep_mode": "linear",
     "ckpt_keep_limit": 1000000,
-    "ckpt_directory": "./save",
     "ckpt_metadata": None,
 }
+# ckpt_directory's spec default, ./save, is applied by read_settings, after output_dir: a
+# default in the parameter table would reach gParameters through ckpt_parser/ckpt_defs
+# and hide output_dir (candle_lib's behaviour).
+SPEC_DIRECTORY = Path("./save")
 
 
 def test_param_type_member_values_match_the_original():
@@ -57,7 +60,8 @@ def test_every_spec_hyperparameter_has_the_spec_default():
     assert s.checksum is False
     assert s.keep_mode == "linear"
     assert s.keep_limit == 1000000
-    assert s.directory == Path("./save")
+    assert s.directory == SPEC_DIRECTORY
+    assert s.directory_source.startswith("default ./save")
     assert s.metadata is None
     assert s.epochs == 3
     assert s.save_weights_only is False
@@ -68,6 +72,7 @@ def test_parameter_table_defaults_match_the_spec():
     table = {d.name: d.default for d in CKPT_PARAMS}
     for key, default in SPEC_DEFAULTS.items():
         assert table[key] == default, key
+    assert table["ckpt_directory"] is None and Path(DEFAULT_DIRECTORY) == SPEC_DIRECTORY
     assert {"ckpt_save_weights_only", "ckpt_best_metric_last", "ckpt_save_best_mode"} <= set(table)
 
 
@@ -241,6 +246,55 @@ def test_ckpt_parser_defaults_are_the_spec_defaults():
     args = ckpt_parser(argparse.ArgumentParser()).parse_args([])
     for key, default in SPEC_DEFAULTS.items():
         assert getattr(args, key) == default, key
+    assert args.ckpt_directory is None
+    assert read_settings(args, epochs_required=False).directory == SPEC_DIRECTORY
+
+
+def test_ckpt_parser_does_not_hide_output_dir():
+    parser = ckpt_parser(argparse.ArgumentParser())
+    parser.add_argument("--output_dir", default=None)
+    s = read_settings(parser.parse_args(["--output_dir", "/runs/a"]), epochs_required=False)
+    assert (s.directory, s.directory_source) == (Path("/runs/a"),
+                                                 "output_dir (ckpt_directory is not set)")
+    assert "output_dir" in parser.format_help()  # the help says where the default comes from
+
+
+# ------------------------------------------------------------------ the checkpoint root
+
+@pytest.mark.parametrize("given,directory,source", [
+    ({"ckpt_directory": "ck", "output_dir": "out"}, "ck", "ckpt_directory"),
+    ({"ckpt_directory": "ck"}, "ck", "ckpt_directory"),
+    ({"ckpt_directory": None, "output_dir": "out"}, "out",
+     "output_dir (ckpt_directory is not set)"),
+    ({"output_dir": "out"}, "out", "output_dir (ckpt_directory is not set)"),
+    ({"ckpt_directory": None, "output_dir": None}, "save",
+     "default ./save (neither ckpt_directory nor output_dir is set)"),
+    ({}, "save", "default ./save (neither ckpt_directory nor output_dir is set)"),
+])
+def test_checkpoint_root_is_ckpt_directory_else_output_dir_else_save(given, directory, source):
+    s = read_settings({"epochs": 1, **given})
+    assert s.directory == Path(directory)
+    assert s.directory_source == source
+
+
+def test_candle_lib_finalized_parameters_checkpoint_under_output_dir(tmp_path):
+    # candle_lib's finalize_parameters passes ckpt_directory=None; its CandleCkpt then
+    # writes output_dir/ckpts/{epochs,last,best}: our layout's paths under output_dir.
+    ns = argparse.Namespace(epochs=2, ckpt_directory=None, output_dir=str(tmp_path / "out"))
+    s = read_settings(ns)
+    assert s.directory == tmp_path / "out"
+    assert "output_dir" in s.directory_source
+
+
+@pytest.mark.parametrize("key", ["ckpt_directory", "output_dir"])
+def test_an_empty_checkpoint_root_is_refused_naming_its_key(key):
+    with pytest.raises(CkptParamError, match=f"'{key}'.*empty"):
+        read_settings({"epochs": 1, key: "  "})
+
+
+def test_a_non_string_output_dir_is_refused_naming_it():
+    with pytest.raises(CkptParamError, match="'output_dir'"):
+        read_settings({"epochs": 1, "output_dir": 42})
 
 
 def test_ckpt_parser_rejects_a_bad_choice_and_a_bad_boolean(capsys):
@@ -260,6 +314,7 @@ def test_ckpt_defs_extends_user_definitions():
     assert set(SPEC_DEFAULTS) <= set(by_name)
     for key, default in SPEC_DEFAULTS.items():
         assert by_name[key]["default"] == default, key
+    assert by_name["ckpt_directory"]["default"] is None  # read_settings applies ./save
     assert by_name["ckpt_save_best"]["type"]("false") is False
     assert by_name["ckpt_keep_limit"]["type"]("5") == 5
     assert by_name["ckpt_keep_mode"]["choices"] == ["linear", "exponential", "all"]

@@ -14,6 +14,8 @@ from candle_ckpt.policy import (
     epochs_to_delete,
     epochs_to_keep,
     is_improvement,
+    protected_epochs,
+    restart_order,
     should_save,
 )
 
@@ -46,10 +48,18 @@ def test_new_best_is_saved_off_interval_only_when_save_best():
     assert not save(5, interval=4, new_best=False, best=True)
 
 
-def test_interval_zero_saves_nothing_but_a_new_best():
+def test_interval_zero_saves_nothing_not_even_a_new_best_or_the_final_epoch():
+    # The spec: "Set save_interval=0 to disable these checkpoints (save nothing)".
     assert not any(save(e, total=4, interval=0) for e in range(1, 5))
-    assert save(2, total=4, interval=0, new_best=True)
-    assert not save(2, total=4, interval=0, new_best=True, best=False)
+    assert not any(save(e, total=4, interval=0, new_best=True) for e in range(1, 5))
+    decision = should_save(4, epochs_total=4, skip_epochs=0, save_interval=0, save_best=True,
+                           is_new_best=True)
+    assert not decision.save and "ckpt_save_interval=0" in decision.reason
+
+
+def test_negative_interval_is_refused_naming_the_parameter():
+    with pytest.raises(CkptParamError, match="'ckpt_save_interval'.*-1.*>= 0"):
+        save(3, interval=-1)
 
 
 def test_unknown_total_has_no_final_epoch_save():
@@ -60,9 +70,8 @@ def test_unknown_total_has_no_final_epoch_save():
        skip=st.integers(0, 10), interval=st.integers(0, 7), best=st.booleans(),
        new_best=st.booleans())
 def test_should_save_matches_the_stated_rules(epoch, total, skip, interval, best, new_best):
-    expected = epoch > skip and (
-        (best and new_best)
-        or (interval > 0 and (epoch % interval == 0 or epoch == total))
+    expected = interval > 0 and epoch > skip and (
+        (best and new_best) or epoch % interval == 0 or epoch == total
     )
     assert save(epoch, total=total, skip=skip, interval=interval, best=best,
                 new_best=new_best) == expected
@@ -258,3 +267,38 @@ def test_bad_keep_arguments_are_refused(mode, limit, accepted):
     with pytest.raises(CkptParamError) as err:
         epochs_to_keep(mode, limit, [1], 1, None)
     assert accepted in str(err.value)
+
+
+# ------------------------------------------------------------------ protected / restart order
+
+def test_protected_are_last_best_restart_target_and_newest_valid():
+    assert protected_epochs(last=8, best=5, restart_from=7, newest_valid=9) == {5, 7, 8, 9}
+    assert protected_epochs(last=8, best=None) == {8}
+    assert protected_epochs(last=None, best=None) == set()
+    assert protected_epochs(last=6, best=6, restart_from=6, newest_valid=6) == {6}
+
+
+@given(last=st.one_of(st.none(), st.integers(1, 50)),
+       best=st.one_of(st.none(), st.integers(1, 50)),
+       restart_from=st.one_of(st.none(), st.integers(1, 50)),
+       newest_valid=st.one_of(st.none(), st.integers(1, 50)))
+def test_protected_is_exactly_the_epochs_given(last, best, restart_from, newest_valid):
+    given_ = [last, best, restart_from, newest_valid]
+    got = protected_epochs(last=last, best=best, restart_from=restart_from,
+                           newest_valid=newest_valid)
+    assert got == {e for e in given_ if e is not None}
+
+
+def test_restart_tries_last_then_older_complete_ones_newest_first():
+    assert restart_order(5, [1, 2, 3, 4, 5, 6, 7]) == [5, 4, 3, 2, 1]
+    assert restart_order(5, [7, 2, 2, 4]) == [5, 4, 2]  # never an epoch after last
+    assert restart_order(3, []) == [3]  # last itself even when not complete: it is checked
+
+
+@given(case=keep_cases(), mode=st.sampled_from(["linear", "exponential", "all"]))
+def test_keep_with_the_protected_set_never_drops_a_protected_epoch(case, mode):
+    limit, epochs, now, best, _ = case
+    protected = protected_epochs(last=now, best=best, restart_from=min(epochs),
+                                 newest_valid=max(epochs))
+    kept = epochs_to_keep(mode, limit, epochs, now, best, protected)
+    assert protected & set(epochs) <= kept

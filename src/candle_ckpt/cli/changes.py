@@ -1,0 +1,147 @@
+"""``rollback`` and ``prune``: the commands that change a checkpoint tree.
+
+Both take the directory's writer lock (the one a training run holds), so they refuse
+to run beside a training instead of racing it, and record what they did in
+``<dir>/ckpt.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..commit import Committer, acquire_lock, release_lock
+from ..layout import Layout
+from ..policy import epochs_to_keep, protected_epochs, restart_order
+from .common import (
+    EXIT_OK,
+    PROG,
+    CliError,
+    append_log,
+    dir_size,
+    human_size,
+    open_directory,
+    resolve_epoch,
+    shown,
+)
+from .verify import check_epoch, is_valid
+
+# ------------------------------------------------------------------------------ rollback
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    layout = open_directory(args.directory)
+    # 'last' is not accepted: pointing last at itself changes nothing, and the help
+    # promises "a number or 'best'".
+    epoch = resolve_epoch(layout, args.epoch, pointers=("best",))
+    key, _ = acquire_lock(layout)  # a running training holds it: refuse rather than race
+    try:
+        problems, _ = check_epoch(layout, epoch)
+        if problems:
+            raise CliError(
+                f"refusing to roll back to epoch {epoch}: it fails verification: "
+                + "; ".join(problems)
+            )
+        before = layout.read_pointer("last")
+        was = layout.pointer_text(before.epoch) if before.epoch is not None else shown(
+            before.raw or before.problem or "missing")
+        Committer(layout, lambda message: append_log(layout, message)).point("last", epoch)
+        append_log(layout, f"rollback: last -> {layout.pointer_text(epoch)} (was {was})")
+    finally:
+        release_lock(key)
+    print(f"last -> {layout.pointer_text(epoch)} (was {was}); the next restart resumes "
+          f"after epoch {epoch}")
+    best = layout.read_pointer("best").epoch
+    if best is not None and best > epoch:
+        print(f"best still points at epoch {best}; it is replaced if training re-does "
+              "that epoch")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------ prune
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    layout = open_directory(args.directory)
+    key = None if args.dry_run else acquire_lock(layout)[0]
+    try:
+        return prune(layout, args.keep, args.mode, args.dry_run)
+    finally:
+        if key is not None:
+            release_lock(key)
+
+
+def prune(layout: Layout, keep: int, mode: str, dry_run: bool) -> int:
+    """Delete the valid checkpoints the keep policy does not keep; never a protected one.
+
+    Only checkpoints that pass verification are counted and considered: a damaged or
+    incomplete one is left alone (it may be all that is left of some epoch, and it is
+    evidence), and ``--keep N`` keeps N usable ones. Protected (see
+    :func:`policy.protected_epochs`): the targets of ``last`` and ``best``, the
+    checkpoint a restart would load now (``last``, or the valid one restart falls back
+    to when ``last`` is damaged) and the newest valid checkpoint.
+    """
+    last = layout.read_pointer("last")
+    best = layout.read_pointer("best")
+    for p in (last, best):
+        if p.kind != "missing" and p.epoch is None:
+            raise CliError(f"refusing to prune: {p.name} ({shown(p.path)}) is broken: "
+                           f"{shown(p.problem)}; fix it with '{PROG} rollback' first")
+    complete = layout.complete_epochs()
+    if not complete:
+        print(f"no complete checkpoints in {shown(layout.epochs_dir)}; nothing to prune")
+        return EXIT_OK
+    if last.epoch is None:
+        raise CliError(f"refusing to prune: {shown(layout.last)} is missing, so it is not "
+                       f"known which checkpoint a restart needs; set it with '{PROG} "
+                       "rollback' first")
+    valid = [e for e in complete if is_valid(layout, e)]
+    damaged = [e for e in complete if e not in valid]
+    restart_from = next((e for e in restart_order(last.epoch, complete) if e in valid), None)
+    protected = protected_epochs(last=last.epoch, best=best.epoch, restart_from=restart_from,
+                                 newest_valid=max(valid, default=None))
+    # Ages and "the newest" count from the checkpoint restart would load: that is where
+    # training goes on.
+    now = restart_from if restart_from is not None else last.epoch
+    kept = epochs_to_keep(mode, keep, valid, now, best.epoch, protected) if valid else set()
+    doomed = [e for e in valid if e not in kept]
+    kept_text = ", ".join(map(str, sorted(kept & set(valid)))) or "none"
+    restart_text = (f"restart loads {restart_from}" if restart_from is not None
+                    else "restart finds no valid checkpoint")
+    print(f"keep policy {mode}/{keep} over {len(valid)} valid checkpoint(s): keeping "
+          f"{kept_text} (last {last.epoch}"
+          + (f", best {best.epoch}" if best.epoch is not None else "")
+          + (f"; {restart_text}" if restart_from != last.epoch else "") + ")")
+    committer = Committer(layout, lambda message: append_log(layout, message))
+    freed = 0
+    removed = 0
+    failures: list[str] = []
+    verb = "would remove" if dry_run else "removed"
+    for epoch in doomed:
+        size = dir_size(layout.epoch_dir(epoch))
+        if not dry_run:
+            try:
+                committer.delete_epoch(epoch)
+            except OSError as err:
+                # Go on with the others: each deletion stands alone, and the summary
+                # below says which failed.
+                failures.append(f"epoch {epoch}: {shown(err.strerror or err)}")
+                continue
+            append_log(layout, f"prune ({mode}/{keep}): removed {layout.pointer_text(epoch)} "
+                               f"({size} bytes)")
+        freed += size
+        removed += 1
+        print(f"{verb} {shown(layout.epoch_dir(epoch))}  ({human_size(size)})")
+    what = "would free" if dry_run else "freed"
+    print(f"{verb} {removed} checkpoint(s), {what} {human_size(freed)} ({freed:,} bytes)")
+    if damaged:
+        print(f"left alone: checkpoints that fail verification "
+              f"{', '.join(map(str, damaged))} (see '{PROG} verify'; remove them by hand "
+              "once you no longer need them)")
+    incomplete = [e for e in layout.list_epochs() if e not in complete]
+    if incomplete:
+        print(f"left alone: incomplete epoch directories {', '.join(map(str, incomplete))} "
+              "(not checkpoints; remove them by hand if no run is writing them)")
+    if failures:
+        raise CliError(f"could not remove {len(failures)} checkpoint(s): "
+                       + "; ".join(failures))
+    return EXIT_OK

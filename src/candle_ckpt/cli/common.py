@@ -1,0 +1,285 @@
+"""What every command shares: opening a directory, epoch arguments, tables, the log.
+
+Nothing here prints a checkpoint's own strings raw: names, timestamps and pointer
+targets come from files anyone may have written, so they pass through :func:`shown`
+(a newline in a file name must not forge an output or log line).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..layout import INFO_FILE, LOCK_FILE, LOG_FILE, CheckpointSummary, Layout
+
+PROG = "candle-ckpt"
+EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
+_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+DEMO_TAG = ".candle-ckpt-demo"  # marks a directory made by `candle-ckpt demo`
+DEMO_RUN = "interrupted"  # the demo's run that was killed and restarted
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def shown(value: Any) -> str:
+    """``value`` as text safe for one terminal or log line.
+
+    Control characters (newline, escape, ...), lone surrogates and the surrogate
+    escapes of non-UTF-8 file names are written as backslash escapes.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable():
+        try:
+            text.encode("utf-8")
+            return text
+        except UnicodeEncodeError:
+            pass
+    out = []
+    for ch in text:
+        if ch.isprintable() and not 0xD800 <= ord(ch) <= 0xDFFF:
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii"))
+    return "".join(out)
+
+
+# ------------------------------------------------------------------------------ opening
+
+
+def open_directory(arg: str) -> Layout:
+    """The layout of the checkpoint directory a user named.
+
+    Accepts the ``ckpt_directory`` of a run (either layout), the ``ckpts/`` directory
+    inside one of ours, and the top directory of ``candle-ckpt demo`` (its killed and
+    restarted run, ``interrupted/``, is used).
+
+    Raises:
+        CliError: no such directory, not a directory, or not a checkpoint directory.
+    """
+    path = Path(arg)
+    if not path.exists():
+        raise CliError(f"no such directory: {shown(arg)}")
+    if not path.is_dir():
+        raise CliError(f"not a directory: {shown(arg)}")
+    root = path
+    if not _has_run_files(path) and path.name == "ckpts" and _has_run_files(path.parent):
+        root = path.parent
+    elif _is_demo_root(path):
+        root = path / DEMO_RUN
+    layout = Layout.for_reading(root)
+    if not (
+        layout.epochs_dir.is_dir()
+        or os.path.lexists(layout.last)
+        or os.path.lexists(layout.best)
+        or _has_run_files(root)
+    ):
+        raise CliError(
+            f"{shown(arg)} is not a checkpoint directory: it has none of ckpts/epochs/, "
+            f"epochs/, last or {LOG_FILE} (give the ckpt_directory of a run)"
+        )
+    return layout
+
+
+def _has_run_files(path: Path) -> bool:
+    return (path / LOG_FILE).is_file() or (path / LOCK_FILE).is_file()
+
+
+def _is_demo_root(path: Path) -> bool:
+    # Only a directory the demo tagged and that is not itself a run: a run's tree never
+    # holds the tag, so a real ckpt_directory is never redirected.
+    return ((path / DEMO_TAG).is_file() and (path / DEMO_RUN).is_dir()
+            and not _has_run_files(path))
+
+
+def layout_name(layout: Layout) -> str:
+    return "original-candle" if layout.original else "candle-ckpt"
+
+
+def resolve_epoch(layout: Layout, spec: str, pointers: Sequence[str] = ("last", "best")) -> int:
+    """An epoch argument: a number ("7", "007"), or one of ``pointers`` ("last", "best")."""
+    if spec in pointers:
+        p = layout.read_pointer(spec)
+        if p.epoch is None:
+            raise CliError(f"{spec} ({shown(p.path)}) is not usable: {shown(p.problem)}")
+        return p.epoch
+    if not (spec.isascii() and spec.isdigit()):
+        options = ["an epoch number", *(repr(n) for n in pointers)]
+        accepted = (", ".join(options[:-1]) + " or " + options[-1]) if len(options) > 1 else (
+            options[0])
+        raise CliError(f"epoch {shown(repr(spec))} is not accepted; give {accepted}")
+    epoch = int(spec)
+    if epoch not in layout.list_epochs():
+        existing = ", ".join(map(str, layout.list_epochs())) or "none"
+        raise CliError(f"no epoch {epoch} in {shown(layout.epochs_dir)} "
+                       f"(epochs on disk: {existing})")
+    return epoch
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def dir_size(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (links not followed)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
+
+
+def human_size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def as_size(value: Any) -> int | None:
+    """A manifest's recorded size when it is a plain non-negative integer, else None."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def metric_of(info: dict[str, Any] | None) -> float | None:
+    """This checkpoint's value of the best metric.
+
+    Ours record it as ``metric_value``. The original CANDLE recorded only
+    ``best_metric_last`` (the best so far when the checkpoint was written), shown instead.
+    """
+    if not info:
+        return None
+    value = info["metric_value"] if "metric_value" in info else info.get("best_metric_last")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond any float: not a metric we can show
+        return None
+
+
+def fmt_number(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return shown(value)
+
+
+def pointer_text(layout: Layout, name: str) -> str:
+    p = layout.read_pointer(name)
+    if p.kind == "missing":
+        return f"{name}: none"
+    if p.epoch is None:
+        return f"{name}: BROKEN ({shown(p.problem)})"
+    text = f"{name} -> {layout.pointer_text(p.epoch)}"
+    if p.reanchored:
+        text += f" (re-anchored: {shown(p.raw)} dangles, the tree was moved)"
+    return text
+
+
+def append_log(layout: Layout, message: str) -> None:
+    """Record a change made from the command line in ``<dir>/ckpt.log``.
+
+    The log is opened as the engine opens it: never through a symlink (a planted link
+    would make us append to any file the user can write), never a FIFO or device
+    (``O_NONBLOCK``: no hang), and not inherited by children.
+    """
+    line = f"{time.strftime(_TIME_FORMAT)} INFO    {PROG}: {shown(message)}\n"
+    flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
+             | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = os.open(layout.log_file, flags, 0o644)
+    except OSError:
+        return  # the change is made; an unwritable log must not turn it into a failure
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.write(fd, line.encode("utf-8", "backslashreplace"))
+    except OSError:
+        pass  # as above
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------ rows
+
+
+@dataclass
+class Row:
+    summary: CheckpointSummary
+    size: int
+
+    @property
+    def info(self) -> dict[str, Any] | None:
+        return self.summary.info
+
+    @property
+    def status(self) -> str:
+        if self.summary.error:
+            return "unreadable"
+        return "complete" if self.summary.complete else "incomplete"
+
+
+def summarize_safely(layout: Layout) -> list[CheckpointSummary]:
+    """Every epoch directory with its parsed info and last/best markers.
+
+    Like :func:`layout.summarize`, but any content of a ``ckpt-info.json`` (deep
+    nesting, a directory in its place, ...) makes that one row "unreadable" instead of
+    stopping the listing.
+    """
+    last = layout.read_pointer("last")
+    best = layout.read_pointer("best")
+    rows = []
+    for e in layout.list_epochs():
+        row = CheckpointSummary(e, layout.epoch_dir(e), layout.is_complete(e))
+        if row.complete:
+            try:
+                row.info = layout.read_info(e)
+            except Exception as err:  # any content is one unreadable row, not a crash
+                row.error = f"unreadable {INFO_FILE}: {shown(err)}"
+        if last.ok and last.epoch == e:
+            row.markers.append("last")
+        if best.ok and best.epoch == e:
+            row.markers.append("best")
+        rows.append(row)
+    return rows
+
+
+def rows_of(layout: Layout) -> list[Row]:
+    return [Row(s, dir_size(s.path)) for s in summarize_safely(layout)]
+
+
+def metric_names(rows: Sequence[Row]) -> list[str]:
+    names = {shown(r.info.get("save_best_metric")) for r in rows if r.info}
+    return sorted(names - {"None"})
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]],
+                right: Sequence[bool]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+
+    def line(cells: Sequence[str]) -> str:
+        out = [c.rjust(w) if r else c.ljust(w)
+               for c, w, r in zip(cells, widths, right, strict=True)]
+        return "  ".join(out).rstrip()
+
+    print(line(header))
+    for r in rows:
+        print(line(r))
