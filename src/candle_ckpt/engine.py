@@ -18,6 +18,7 @@ from typing import Any
 from . import params as _params
 from .backend import Backend, NoBackend
 from .commit import Committer, acquire_lock, release_lock
+from .distributed import Coordinator, DistributedSaver, decide_together, restart_together
 from .errors import CheckpointCorruptError, CkptParamError
 from .integrity import DEFAULT_ALGORITHM, DISABLED, checksum_file
 from .layout import INFO_FILE, Layout, read_info_file
@@ -48,15 +49,21 @@ class CandleCkpt:
         self.verbose = verbose
         self.scan_params(gParameters)
         check_logger(logger)  # before the directory is created: a bad argument writes nothing
-        _make_directory(self.settings.directory)
+        # Multi-process: only rank 0 (the writer) touches the tree; see distributed.py.
+        self._dist: Coordinator | None = self._new_coordinator()
+        self._writer = self._dist is None or self._dist.is_writer
+        if self._writer:
+            _make_directory(self.settings.directory)
         self.layout = Layout.ours(self.settings.directory)
-        self._log = CkptLog(self.layout.log_file, logger, verbose)
+        self._log = CkptLog(self.layout.log_file if self._writer else None, logger, verbose)
         self.backend: Backend = self._new_backend()
         self.direction = best_direction(self.save_best_metric, self.settings.save_best_mode)
         self._best = BestTracker(self.direction.sign, self.settings.best_metric_last)
         self.committer = Committer(self.layout, self.info)
         keep = KeepRule(self.keep_mode, self.keep_limit)
-        self._saver = Saver(self.layout, self.committer, self.backend, self._log, keep)
+        self._saver = Saver(self.layout, self.committer, self.backend, self._log, keep) \
+            if self._dist is None else DistributedSaver(
+                self._dist, self.layout, self.committer, self.backend, self._log, keep)
         self._async = AsyncSaver(self._saver) if self.settings.async_save else None
         self._restorer = Restorer(self.settings.directory, self.restart_mode,
                                   self.checksum_enabled, self._log)
@@ -65,7 +72,9 @@ class CandleCkpt:
         self._lock_key: str | None = None
         self._ensure_lock()
         if self.restart_mode != "off" and self.settings.best_metric_last is None:
-            peeked = self._restorer.peek_best()
+            peeked = self._restorer.peek_best() if self._writer else None
+            if self._dist is not None:
+                peeked = self._dist.broadcast(peeked)
             if peeked is not None:
                 self._best = BestTracker(self.direction.sign, peeked.value, peeked.epoch)
         self.report_initial()
@@ -73,6 +82,10 @@ class CandleCkpt:
     def _new_backend(self) -> Backend:
         """The backend of this engine (backends' public classes return theirs)."""
         return NoBackend()
+
+    def _new_coordinator(self) -> Coordinator | None:
+        """Multi-process training's coordinator (backends that support it return one)."""
+        return None
 
     # ----------------------------------------------------------------- parameters
     def scan_params(self, gParams: Any) -> None:
@@ -181,7 +194,7 @@ class CandleCkpt:
 
     # ----------------------------------------------------------------- lock, lifetime
     def _ensure_lock(self) -> None:
-        if self._lock_key is None:
+        if self._lock_key is None and self._writer:
             self._lock_key, first_holder = acquire_lock(self.layout)
             # Clean a crash's leftovers only when no engine of this process holds the
             # directory: another one may have a save in flight in work/.
@@ -258,7 +271,12 @@ class CandleCkpt:
         metric = _metric(metric_value)
         self._ensure_lock()
         self.wait()  # at most one save in flight; capture may reuse the previous buffers
-        record = self._decide(epoch_now, sign, metric)
+        if self._dist is None:
+            record = self._decide(epoch_now, sign, metric)
+        else:  # the same decision on every rank: rank 0's, on the reduced metric
+            record = decide_together(
+                self._dist, lambda m: self._decide(epoch_now, sign, m), metric,
+                self.settings.distributed_metric)
         if record is None:
             return False
         if self._async is not None:
@@ -365,7 +383,10 @@ class CandleCkpt:
             self.info("ckpt_restart_mode='off': not restarting")
             return None
         self._ensure_lock()
-        result = self._restorer.restart(self.backend, verbose)
+        if self._dist is None:
+            result = self._restorer.restart(self.backend, verbose)
+        else:
+            result = restart_together(self._dist, self._restorer, self.backend, verbose)
         if result is None:
             return None
         self.restart_info = result.J

@@ -102,9 +102,10 @@ def check_logger(logger: Any) -> None:
 class CkptLog:
     """One engine's messages: to ckpt.log always, to the console per ``verbose``."""
 
-    def __init__(self, log_file: Path, logger: Any, verbose: bool) -> None:
+    def __init__(self, log_file: Path | None, logger: Any, verbose: bool) -> None:
         check_logger(logger)
-        self._file = file_logger(log_file)
+        # None: no ckpt.log (a distributed run's ranks but 0 never write into the tree).
+        self._file = file_logger(log_file) if log_file is not None else None
         self._console_min = logging.NOTSET  # least severe level shown on the console
         if logger == "DEFAULT":
             self._console: logging.Logger | None = console_logger()
@@ -113,7 +114,8 @@ class CkptLog:
             self._console = logger
 
     def say(self, level: int, message: str) -> None:
-        self._file.log(level, message)
+        if self._file is not None:
+            self._file.log(level, message)
         if self._console is not None and level >= self._console_min:
             self._console.log(level, message)
 

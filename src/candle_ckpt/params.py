@@ -172,6 +172,7 @@ DEFAULT_DIRECTORY = "./save"  # the spec's default ckpt_directory, when output_d
 RESTART_MODES = ("off", "auto", "required")
 KEEP_MODES = ("linear", "exponential", "all")
 BEST_MODES = ("auto", "min", "max")
+DISTRIBUTED_METRICS = ("mean", "rank0")
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,9 @@ CKPT_PARAMS: tuple[_Def, ...] = (
          "Initial best metric value (default: read from the checkpoint restarted from)"),
     _Def("ckpt_async", ParamType.BOOLEAN, False,
          "Write checkpoints in a background thread (the training thread only copies state)"),
+    _Def("ckpt_distributed_metric", ParamType.STRING, "mean",
+         "torch.distributed: the metric the save decision uses, the ranks' mean or rank 0's: "
+         "mean | rank0", DISTRIBUTED_METRICS),
 )
 
 
@@ -237,6 +241,7 @@ class CkptSettings:
     save_weights_only: bool
     best_metric_last: float | None
     async_save: bool
+    distributed_metric: str = "mean"
 
 
 def read_settings(gParameters: Any, *, epochs_required: bool = True) -> CkptSettings:
@@ -285,6 +290,7 @@ def read_settings(gParameters: Any, *, epochs_required: bool = True) -> CkptSett
         save_weights_only=v["ckpt_save_weights_only"],
         best_metric_last=best_last,
         async_save=v["ckpt_async"],
+        distributed_metric=v["ckpt_distributed_metric"],
     )
 
 

@@ -119,9 +119,7 @@ class Restorer:
             self._none_usable(where.why, skipped)
             return None
         layout = where.layout
-        candidates = [where.epoch] + [e for e in reversed(layout.complete_epochs())
-                                      if e < where.epoch]
-        for epoch in candidates:
+        for epoch in self.candidates(where):
             directory = layout.epoch_dir(epoch)
             outcome = self._try(layout, epoch, backend)
             if isinstance(outcome, str):
@@ -139,9 +137,15 @@ class Restorer:
         self._none_usable("every checkpoint failed validation", skipped)
         return None
 
-    def _try(self, layout: Layout, epoch: int,
-             backend: Backend) -> str | tuple[dict[str, Any], BestSoFar]:
-        """Check one checkpoint whole, then apply it; why it was skipped otherwise."""
+    def candidates(self, where: Located) -> list[int]:
+        """The epochs to try, in order: the one ``last`` names, then older complete ones."""
+        if where.layout is None or where.epoch is None:
+            return []
+        return [where.epoch] + [e for e in reversed(where.layout.complete_epochs())
+                                if e < where.epoch]
+
+    def check(self, layout: Layout, epoch: int) -> str | tuple[dict[str, Any], BestSoFar]:
+        """Check one checkpoint's files and metadata (not the backend's); why not, if not."""
         directory = layout.epoch_dir(epoch)
         info, problems = check_checkpoint(directory, epoch, self.check_checksums)
         if info is None or problems:
@@ -152,6 +156,16 @@ class Restorer:
             return f"ckpt-info.json: {err}"
         if self.check_checksums and not has_checksums(info):
             self.log.warning(f"{directory} was written without checksums; verified sizes only")
+        return info, _best_of(layout, info, record)
+
+    def _try(self, layout: Layout, epoch: int,
+             backend: Backend) -> str | tuple[dict[str, Any], BestSoFar]:
+        """Check one checkpoint whole, then apply it; why it was skipped otherwise."""
+        directory = layout.epoch_dir(epoch)
+        checked = self.check(layout, epoch)
+        if isinstance(checked, str):
+            return checked
+        info, best = checked
         try:
             restored = backend.load(directory, info)
         except (CheckpointMismatchError, CkptParamError):
@@ -162,7 +176,11 @@ class Restorer:
             self.log.info(note)
         for note in restored.apply():
             self.log.warning(note)
-        return info, _best_of(layout, info, record)
+        return info, best
+
+    def none_usable(self, why: str, skipped: list[dict[str, Any]]) -> None:
+        """Nothing to restart from: log what exists; raise under mode "required"."""
+        self._none_usable(why, skipped)
 
     def _none_usable(self, why: str, skipped: list[dict[str, Any]]) -> None:
         root = self.root

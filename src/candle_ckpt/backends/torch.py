@@ -33,6 +33,7 @@ from torch import nn
 
 from ..backend import Restored, Written
 from ..commit import FileSink
+from ..distributed import Coordinator, rank_file
 from ..engine import CandleCkpt
 from ..errors import CheckpointMismatchError, CkptParamError, CkptParamTypeError
 from ..integrity import safe_member
@@ -101,8 +102,10 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, log: CkptLog) -> None:
+    def __init__(self, log: CkptLog, coord: Coordinator | None = None) -> None:
         self.log = log
+        # Multi-process: rank 0 writes the (replicated) model once, every rank its RNGs.
+        self.coord = coord
         self.model: dict[str, Any] | None = None  # the dict given to set_model (as the spec)
         self.entries: list[_Entry] = []
         # Set by CandleCkptPyTorch.ckpt_epoch right before a capture (original CANDLE keys).
@@ -186,6 +189,9 @@ class TorchBackend:
         it never becomes a capture buffer, which must never alias live state.
         """
         self.require_model("ckpt_epoch")
+        if self.coord is not None and not self.coord.is_writer:
+            rng_only = capture_rng()  # the replicated state is rank 0's to write
+            return TorchSnapshot({"rng": rng_only}, [], sorted(rng_only))
         if live:
             states = {e.key: _host_copy(_entry_state(e), e.key, share=True)
                       for e in self.entries}
@@ -210,14 +216,23 @@ class TorchBackend:
         return TorchSnapshot(payload, [e.key for e in self.entries], sorted(rng))
 
     def write(self, snapshot: TorchSnapshot, sink: FileSink) -> Written:
+        coord = self.coord
+        if coord is not None:
+            name = write_rank_rng(sink, coord, snapshot.payload["rng"])
+            if not coord.is_writer:
+                return Written(name, {})
         with sink.open(MODEL_FILE) as f:
             torch.save(snapshot.payload, cast(IO[bytes], f))  # write-only is enough
-        return Written(MODEL_FILE, {
+        info: dict[str, Any] = {
             "torch_version": torch.__version__,
             "entries": snapshot.entries,
             "rng_states": snapshot.rng_states,
             "optimizer_type": snapshot.payload.get("optimizer_type"),
-        })
+        }
+        if coord is not None:
+            info["world_size"] = coord.world_size
+            info["rank_rng_files"] = [rank_file("rng", r) for r in range(coord.world_size)]
+        return Written(MODEL_FILE, info)
 
     def release_buffers(self) -> None:
         self.buffers = {}
@@ -236,8 +251,11 @@ class TorchBackend:
         name = info.get("model_file") or _LEGACY_MODEL_FILE
         if not isinstance(name, str) or not safe_member(name):
             raise ValueError(f"model_file {name!r} is not a file inside the checkpoint")
+        ranks_rng = load_rank_rng(directory, info, self.coord)  # before the big file
         payload = torch.load(directory / name, map_location="cpu", weights_only=True)
         plan = self._plan(payload, name)
+        if ranks_rng is not None:
+            plan.rng = ranks_rng
         notes = list(plan.notes)
         if plan.original_candle:
             what = "weights and optimizer state" if plan.optimizer is not None else "weights"
@@ -319,7 +337,11 @@ class CandleCkptPyTorch(CandleCkpt):
         super().__init__(gParams, logger, verbose)
 
     def _new_backend(self) -> TorchBackend:
-        return TorchBackend(self._log)
+        return TorchBackend(self._log, self._dist)
+
+    def _new_coordinator(self) -> Coordinator | None:
+        """Under an initialized torch.distributed process group: one engine per rank."""
+        return Coordinator.from_torch()
 
     @property
     def model(self) -> dict[str, Any] | None:
@@ -683,6 +705,47 @@ def _check_loadable(value: Any, where: str) -> None:
 
 
 # ------------------------------------------------------------------------------ RNG states
+def write_rank_rng(sink: FileSink, coord: Coordinator, rng: dict[str, Any]) -> str:
+    """This rank's RNG states, in a file of its own (ranks are seeded differently)."""
+    name = rank_file("rng", coord.rank)
+    with sink.open(name) as f:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "rank": coord.rank,
+                    "world_size": coord.world_size, "rng": rng}, cast(IO[bytes], f))
+    return name
+
+
+def load_rank_rng(directory: Path, info: dict[str, Any],
+                  coord: Coordinator | None) -> dict[str, Any] | None:
+    """This rank's saved RNG states (checked, not set); None: use the model file's.
+
+    Raises:
+        CheckpointMismatchError: the checkpoint was saved by another number of ranks
+            (per-rank RNG states do not map onto another world size).
+        ValueError: the rank's file is damaged.
+    """
+    saved = info.get("world_size", 1)
+    world = coord.world_size if coord is not None else 1
+    if isinstance(saved, bool) or not isinstance(saved, int) or saved < 1:
+        raise ValueError(f"ckpt-info.json: world_size {saved!r} is not a positive integer")
+    if saved != world:
+        raise CheckpointMismatchError(
+            f"{directory} was saved by {saved} rank(s), each with its own RNG states "
+            f"(rng-rank-NNNNN.pt); this run has {world}. Per-rank RNG states cannot be "
+            f"mapped onto another number of ranks: restart with {saved} rank(s), or use "
+            "another ckpt_directory (or ckpt_restart_mode='off') to start afresh"
+        )
+    if coord is None or "rank_rng_files" not in info:
+        return None  # a single-process checkpoint: its model file holds rank 0's RNGs
+    name = rank_file("rng", coord.rank)
+    payload = torch.load(directory / name, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT \
+            or payload.get("rank") != coord.rank:
+        raise ValueError(f"{name} is not the RNG file of rank {coord.rank}")
+    rng = payload.get("rng")
+    check_rng(rng, name)
+    return cast(dict[str, Any], rng)
+
+
 def capture_rng() -> dict[str, Any]:
     """The global RNG states: torch CPU, CUDA (when in use), numpy, Python ``random``."""
     rng: dict[str, Any] = {"torch": torch.get_rng_state()}

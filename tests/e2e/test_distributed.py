@@ -1,0 +1,245 @@
+"""torch.distributed on CPU (gloo), world size 2, launched as torchrun launches workers:
+one checkpoint for all ranks, one restart for all, bit-identical resume after kills."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import candle_ckpt as candle  # noqa: E402
+from candle_ckpt.distributed import reduce_metric  # noqa: E402
+
+TRAINER = Path(__file__).with_name("ddp_trainer.py")
+SRC = Path(__file__).resolve().parents[2] / "src"
+EPOCHS = 4
+KILL_AFTER = 2
+EXIT_CODE, FAIL_CODE = 17, 3  # ddp_trainer.py's
+WORLD = 2
+
+
+@dataclass
+class Rank:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def errors(self) -> list[dict[str, Any]]:
+        return [json.loads(ln) for ln in self.stdout.splitlines() if ln.startswith("{")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch(ckpt_dir: Path, out: Path, *args: str, env: dict[str, str] | None = None,
+           timeout: float = 90.0) -> list[Rank]:
+    """Run every rank of one job to its end (a hung rank fails the test at ``timeout``)."""
+    base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+            "WORLD_SIZE": str(WORLD), "PYTHONPATH": f"{SRC}{os.pathsep}"
+            f"{os.environ.get('PYTHONPATH', '')}", **(env or {})}
+    procs = [subprocess.Popen(
+        [sys.executable, str(TRAINER), "--ckpt-dir", str(ckpt_dir), "--epochs", str(EPOCHS),
+         "--out", str(out), *args],
+        env={**base, "RANK": str(rank)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True) for rank in range(WORLD)]
+    ranks = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=timeout)
+            ranks.append(Rank(p.returncode, stdout, stderr))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return ranks
+
+
+def finished(ranks: list[Rank]) -> None:
+    for rank, r in enumerate(ranks):
+        assert r.returncode == 0, f"rank {rank} exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
+
+
+def final_state(out: Path, rank: int) -> dict[str, Any]:
+    state: dict[str, Any] = torch.load(f"{out}.rank{rank}", weights_only=False)
+    return state
+
+
+def assert_identical(a: Any, b: Any, where: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), where
+        for k in a:
+            assert_identical(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def initial_epochs(ranks: list[Rank]) -> list[int]:
+    return [int(ln.split("initial_epoch=")[1]) for r in ranks for ln in r.stdout.splitlines()
+            if "initial_epoch=" in ln]
+
+
+def last_epoch(ckpt_dir: Path) -> int:
+    return int(os.readlink(ckpt_dir / "ckpts" / "last").rsplit("/", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[Rank]]:
+    """EPOCHS epochs without interruption: the reference every resumed run must match."""
+    root = tmp_path_factory.mktemp("straight")
+    ranks = launch(root / "ckpt", root / "out")
+    finished(ranks)
+    return root / "ckpt", root / "out", ranks
+
+
+def assert_matches_straight(straight: tuple[Path, Path, list[Rank]], out: Path) -> None:
+    _, reference, _ = straight
+    for rank in range(WORLD):
+        assert_identical(final_state(reference, rank), final_state(out, rank), f"rank {rank}")
+
+
+# ------------------------------------------------------------------------------ the tree
+def test_one_model_file_and_one_rng_file_per_rank(
+        straight: tuple[Path, Path, list[Rank]]) -> None:
+    ckpt_dir, out, ranks = straight
+    epochs = ckpt_dir / "ckpts" / "epochs"
+    assert sorted(p.name for p in epochs.iterdir()) == ["001", "002", "003", "004"]
+    for directory in epochs.iterdir():
+        assert sorted(p.name for p in directory.iterdir()) == [
+            "ckpt-info.json", "model.pt", "rng-rank-00000.pt", "rng-rank-00001.pt"]
+        info = json.loads((directory / "ckpt-info.json").read_text())
+        assert sorted(info["files"]) == ["model.pt", "rng-rank-00000.pt", "rng-rank-00001.pt"]
+        assert all("checksum" in f for f in info["files"].values())
+        assert info["world_size"] == WORLD
+    assert not (ckpt_dir / "ckpts" / "work").exists()
+    # The ranks hold the same parameters (DDP) but different RNG states (seeded apart).
+    a, b = final_state(out, 0), final_state(out, 1)
+    assert_identical(a["model"], b["model"])
+    assert not torch.equal(a["torch_rng"], b["torch_rng"])
+
+
+def test_save_decision_uses_the_mean_of_the_ranks_metrics(
+        straight: tuple[Path, Path, list[Rank]]) -> None:
+    ckpt_dir, _, ranks = straight
+    losses = [[float(ln.split("loss=")[1]) for ln in r.stdout.splitlines() if "loss=" in ln]
+              for r in ranks]
+    assert losses[0] != losses[1]  # each rank saw other batches: the reduction matters
+    for epoch in range(1, EPOCHS + 1):
+        info = json.loads((ckpt_dir / "ckpts" / "epochs" / f"{epoch:03d}"
+                           / "ckpt-info.json").read_text())
+        assert info["metric_value"] == (losses[0][epoch - 1] + losses[1][epoch - 1]) / 2
+
+
+def test_reduce_metric_mean_rank0_and_missing() -> None:
+    assert reduce_metric([1.0, 3.0], "mean") == 2.0
+    assert reduce_metric([1.0, 3.0], "rank0") == 1.0
+    assert reduce_metric([1.0, None], "mean") is None  # no best judged on part of the ranks
+    with pytest.raises(candle.CkptParamError, match="'ckpt_distributed_metric'.*median"):
+        reduce_metric([1.0], "median")
+
+
+# ------------------------------------------------------------------------------ kills
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_kill_both_ranks_after_epoch_k_then_restart_is_bit_identical(
+        straight: tuple[Path, Path, list[Rank]], tmp_path: Path, mode: str) -> None:
+    args = ("--async",) if mode == "async" else ()
+    ckpt_dir, out = tmp_path / "ckpt", tmp_path / "out"
+    killed = launch(ckpt_dir, out, *args, env={"DDP_EXIT_AFTER": str(KILL_AFTER)})
+    assert [r.returncode for r in killed] == [EXIT_CODE] * WORLD
+    assert last_epoch(ckpt_dir) == KILL_AFTER
+    resumed = launch(ckpt_dir, out, *args)
+    finished(resumed)
+    assert initial_epochs(resumed) == [KILL_AFTER] * WORLD
+    assert_matches_straight(straight, out)
+
+
+def test_one_rank_killed_inside_a_save_then_both_restart_bit_identical(
+        straight: tuple[Path, Path, list[Rank]], tmp_path: Path) -> None:
+    ckpt_dir, out = tmp_path / "ckpt", tmp_path / "out"
+    dying = KILL_AFTER + 1
+    killed = launch(ckpt_dir, out, env={"DDP_EXIT_RANK": "1", "DDP_DIE_IN_SAVE": str(dying)})
+    # The fault landed inside the save: rank 1 wrote its files and died before the ranks
+    # agreed; rank 0 noticed, did not commit, and reported it.
+    assert killed[1].returncode == EXIT_CODE and f"dying in save {dying}" in killed[1].stdout
+    assert killed[0].returncode == FAIL_CODE
+    (error,) = killed[0].errors()
+    assert error["error"] == "CheckpointWriteError" and "lost contact" in error["message"]
+    assert last_epoch(ckpt_dir) == KILL_AFTER
+    assert not (ckpt_dir / "ckpts" / "epochs" / f"{dying:03d}").exists()
+    resumed = launch(ckpt_dir, out)
+    finished(resumed)
+    assert initial_epochs(resumed) == [KILL_AFTER] * WORLD
+    assert_matches_straight(straight, out)
+
+
+def test_one_rank_killed_between_epochs_then_both_restart_bit_identical(
+        straight: tuple[Path, Path, list[Rank]], tmp_path: Path) -> None:
+    ckpt_dir, out = tmp_path / "ckpt", tmp_path / "out"
+    killed = launch(ckpt_dir, out, env={"DDP_EXIT_RANK": "1",
+                                        "DDP_EXIT_AFTER": str(KILL_AFTER)})
+    assert killed[1].returncode == EXIT_CODE
+    assert killed[0].returncode not in (0, EXIT_CODE)  # rank 0 lost its peer in training
+    assert last_epoch(ckpt_dir) == KILL_AFTER
+    resumed = launch(ckpt_dir, out)
+    finished(resumed)
+    assert initial_epochs(resumed) == [KILL_AFTER] * WORLD
+    assert_matches_straight(straight, out)
+
+
+# ------------------------------------------------------------------------------ failures
+@pytest.mark.parametrize("failing_rank", [0, 1])
+def test_a_failing_write_on_one_rank_raises_the_same_error_on_every_rank(
+        tmp_path: Path, failing_rank: int) -> None:
+    ckpt_dir, out = tmp_path / "ckpt", tmp_path / "out"
+    failing = KILL_AFTER + 1
+    ranks = launch(ckpt_dir, out, env={"DDP_EXIT_RANK": str(failing_rank),
+                                       "DDP_FAIL_WRITE": str(failing)})
+    assert [r.returncode for r in ranks] == [FAIL_CODE] * WORLD
+    errors = [r.errors() for r in ranks]
+    assert all(len(e) == 1 for e in errors), errors
+    first, second = errors[0][0], errors[1][0]
+    assert first["error"] == second["error"] == "CheckpointWriteError"
+    assert first["message"] == second["message"] and first["errno"] == second["errno"] == 28
+    assert f"saving epoch {failing} failed on rank {failing_rank}" in first["message"]
+    assert "(injected)" in first["message"] and "'last' are untouched" in first["message"]
+    assert last_epoch(ckpt_dir) == KILL_AFTER
+    assert not (ckpt_dir / "ckpts" / "epochs" / f"{failing:03d}").exists()
+    assert not (ckpt_dir / "ckpts" / "work").exists()
+    assert "failed on rank" in (ckpt_dir / "ckpt.log").read_text()
+
+
+def test_restart_with_another_world_size_is_refused_naming_both(
+        straight: tuple[Path, Path, list[Rank]], tmp_path: Path) -> None:
+    ckpt_dir = tmp_path / "ckpt"
+    shutil.copytree(straight[0], ckpt_dir, symlinks=True)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Dropout(0.3),
+                                torch.nn.Linear(12, 1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ckpt = candle.CandleCkptPyTorch({"epochs": EPOCHS, "ckpt_directory": str(ckpt_dir)},
+                                    logger=None)
+    ckpt.set_model({"model": model, "optimizer": optimizer})
+    with pytest.raises(candle.CheckpointMismatchError,
+                       match=r"saved by 2 rank\(s\).*this run has 1.*restart with 2"):
+        ckpt.restart(model)
+    ckpt.close()
+    assert_identical(before, model.state_dict())  # nothing was loaded
