@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--async", dest="async_", action="store_true")
     ap.add_argument("--metric", default="mean")
+    ap.add_argument("--fsdp", action="store_true", help="shard with FSDP2 instead of DDP")
     args = ap.parse_args()
 
     torch.set_num_threads(1)
@@ -86,7 +87,14 @@ def main() -> None:
     torch.manual_seed(0)  # the same initial weights on every rank (DDP checks)
     net = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Dropout(0.3), nn.Linear(12, 1))
     torch.manual_seed(1000 + rank)
-    model = DDP(net)
+    if args.fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(net[0])
+        fully_shard(net[3])
+        model = fully_shard(net)
+    else:
+        model = DDP(net)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
 
@@ -134,7 +142,14 @@ def main() -> None:
                           "message": str(err)}), flush=True)
         os._exit(FAIL_CODE)
 
-    torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+    if args.fsdp:  # the whole state, gathered, to compare runs
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        full, full_optim = get_state_dict(  # a collective: every rank gets all of it
+            model, optimizer, options=StateDictOptions(full_state_dict=True))
+    else:
+        full, full_optim = net.state_dict(), optimizer.state_dict()
+    torch.save({"model": full, "optimizer": full_optim,
                 "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
                 "numpy_rng": torch.from_numpy(np.random.get_state()[1].copy()),
                 "python_rng": random.getstate()}, f"{args.out}.rank{rank}")

@@ -45,16 +45,16 @@ def _free_port() -> int:
 
 
 def launch(ckpt_dir: Path, out: Path, *args: str, env: dict[str, str] | None = None,
-           timeout: float = 90.0) -> list[Rank]:
+           timeout: float = 90.0, world: int = WORLD) -> list[Rank]:
     """Run every rank of one job to its end (a hung rank fails the test at ``timeout``)."""
     base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
-            "WORLD_SIZE": str(WORLD), "PYTHONPATH": f"{SRC}{os.pathsep}"
+            "WORLD_SIZE": str(world), "PYTHONPATH": f"{SRC}{os.pathsep}"
             f"{os.environ.get('PYTHONPATH', '')}", **(env or {})}
     procs = [subprocess.Popen(
         [sys.executable, str(TRAINER), "--ckpt-dir", str(ckpt_dir), "--epochs", str(EPOCHS),
          "--out", str(out), *args],
         env={**base, "RANK": str(rank)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True) for rank in range(WORLD)]
+        text=True) for rank in range(world)]
     ranks = []
     try:
         for p in procs:
@@ -243,3 +243,52 @@ def test_restart_with_another_world_size_is_refused_naming_both(
         ckpt.restart(model)
     ckpt.close()
     assert_identical(before, model.state_dict())  # nothing was loaded
+
+
+# ------------------------------------------------------------------------------ sharded
+@pytest.fixture(scope="module")
+def straight_fsdp(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[Rank]]:
+    """FSDP2 (fully_shard) on CPU with gloo, EPOCHS epochs without interruption."""
+    root = tmp_path_factory.mktemp("straight-fsdp")
+    ranks = launch(root / "ckpt", root / "out", "--fsdp")
+    finished(ranks)
+    return root / "ckpt", root / "out", ranks
+
+
+def test_sharded_state_is_written_with_dcp_one_shard_file_per_rank(
+        straight_fsdp: tuple[Path, Path, list[Rank]]) -> None:
+    ckpt_dir, _, _ = straight_fsdp
+    directory = ckpt_dir / "ckpts" / "epochs" / f"{EPOCHS:03d}"
+    info = json.loads((directory / "ckpt-info.json").read_text())
+    assert info["sharded"] == "dcp" and info["world_size"] == WORLD
+    assert sorted(info["files"]) == ["dcp/.metadata", "dcp/__0_0.distcp", "dcp/__1_0.distcp",
+                                     "model.pt", "rng-rank-00000.pt", "rng-rank-00001.pt"]
+    payload = torch.load(directory / "model.pt", weights_only=True)
+    # No rank gathered the model: model.pt holds the scheduler and RNGs, no weights.
+    assert payload["model_state_dict"] is None and payload["optimizer_state_dict"] is None
+    assert "scheduler" in payload["entries"]
+
+
+def test_sharded_kill_both_ranks_after_epoch_k_then_restart_is_bit_identical(
+        straight_fsdp: tuple[Path, Path, list[Rank]], tmp_path: Path) -> None:
+    ckpt_dir, out = tmp_path / "ckpt", tmp_path / "out"
+    killed = launch(ckpt_dir, out, "--fsdp", env={"DDP_EXIT_AFTER": str(KILL_AFTER)})
+    assert [r.returncode for r in killed] == [EXIT_CODE] * WORLD
+    resumed = launch(ckpt_dir, out, "--fsdp")
+    finished(resumed)
+    assert initial_epochs(resumed) == [KILL_AFTER] * WORLD
+    assert_matches_straight(straight_fsdp, out)
+
+
+def test_sharded_restart_with_another_world_size_reshards_and_says_rng_is_not_restored(
+        straight_fsdp: tuple[Path, Path, list[Rank]], tmp_path: Path) -> None:
+    ckpt_dir, out = tmp_path / "ckpt", tmp_path / "out"
+    shutil.copytree(straight_fsdp[0], ckpt_dir, symlinks=True)
+    (single,) = launch(ckpt_dir, out, "--fsdp", world=1)  # every epoch done: restore only
+    finished([single])
+    assert initial_epochs([single]) == [EPOCHS]
+    expected, got = final_state(straight_fsdp[1], 0), final_state(out, 0)
+    assert_identical(expected["model"], got["model"])
+    assert_identical(expected["optimizer"], got["optimizer"])
+    log = (ckpt_dir / "ckpt.log").read_text()
+    assert "saved by 2 rank(s), this run has 1: the sharded state was resharded" in log

@@ -38,6 +38,7 @@ from ..engine import CandleCkpt
 from ..errors import CheckpointMismatchError, CkptParamError, CkptParamTypeError
 from ..integrity import safe_member
 from ..logs import CkptLog
+from . import torch_dcp
 
 MODEL_FILE = "model.pt"
 FORMAT = "candle-ckpt-torch"
@@ -58,6 +59,7 @@ class TorchSnapshot:
     payload: dict[str, Any]
     entries: list[str]
     rng_states: list[str]
+    sharded: dict[str, Any] | None = None  # model/optimizer shards, written with DCP
 
 
 @dataclass
@@ -79,6 +81,7 @@ class _Restore:
     rng: dict[str, Any] | None = None
     original_candle: bool = False  # written by the original CANDLE code
     notes: list[str] = field(default_factory=list)
+    sharded: dict[str, Any] | None = None  # model/optimizer read with DCP
 
 
 def unwrap_module(model: nn.Module) -> nn.Module:
@@ -104,8 +107,10 @@ class TorchBackend:
 
     def __init__(self, log: CkptLog, coord: Coordinator | None = None) -> None:
         self.log = log
-        # Multi-process: rank 0 writes the (replicated) model once, every rank its RNGs.
+        # Multi-process: rank 0 writes the (replicated) model once, every rank its RNGs;
+        # sharded (DTensor) model/optimizer state goes through DCP on every rank.
         self.coord = coord
+        self.sharded = False
         self.model: dict[str, Any] | None = None  # the dict given to set_model (as the spec)
         self.entries: list[_Entry] = []
         # Set by CandleCkptPyTorch.ckpt_epoch right before a capture (original CANDLE keys).
@@ -152,6 +157,12 @@ class TorchBackend:
             _check_loadable(_entry_state(entry), entry.key)
         self.model = dict(model)
         self.entries = entries
+        self.sharded = torch_dcp.is_sharded(unwrap_module(model["model"]))
+        if self.sharded and self.coord is None:
+            raise CkptParamError(
+                "set_model: the model's state is sharded (DTensor), but no torch.distributed "
+                "process group was initialized when the engine was constructed; call "
+                "dist.init_process_group() before CandleCkptPyTorch(...)")
         self.log.debug("set_model: checkpointing " + ", ".join(e.key for e in entries))
 
     def require_model(self, caller: str) -> dict[str, Any]:
@@ -188,16 +199,20 @@ class TorchBackend:
         larger storage or not on the CPU (torch.save would write a view's whole storage);
         it never becomes a capture buffer, which must never alias live state.
         """
-        self.require_model("ckpt_epoch")
+        objects = self.require_model("ckpt_epoch")
+        sharded = None
+        if self.sharded:
+            sharded = torch_dcp.capture(unwrap_module(objects["model"]), objects["optimizer"],
+                                        copy_=not live)
         if self.coord is not None and not self.coord.is_writer:
             rng_only = capture_rng()  # the replicated state is rank 0's to write
-            return TorchSnapshot({"rng": rng_only}, [], sorted(rng_only))
+            return TorchSnapshot({"rng": rng_only}, [], sorted(rng_only), sharded)
+        local = [e for e in self.entries if not (self.sharded and e.key in _REQUIRED)]
         if live:
-            states = {e.key: _host_copy(_entry_state(e), e.key, share=True)
-                      for e in self.entries}
+            states = {e.key: _host_copy(_entry_state(e), e.key, share=True) for e in local}
         else:
             states = {e.key: _host_copy(_entry_state(e), e.key, self.buffers.get(e.key))
-                      for e in self.entries}
+                      for e in local}
             self.buffers = dict(states)
         rng = capture_rng()
         epoch, loss = self.progress
@@ -206,17 +221,27 @@ class TorchBackend:
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "epoch": epoch,
-            "model_state_dict": states.pop("model"),
-            "optimizer_state_dict": states.pop("optimizer"),
+            "model_state_dict": states.pop("model", None),  # None: sharded, in dcp/
+            "optimizer_state_dict": states.pop("optimizer", None),
             "optimizer_type": _type_name(optimizer),
             "loss": loss,
             "entries": states,
             "rng": rng,
         }
-        return TorchSnapshot(payload, [e.key for e in self.entries], sorted(rng))
+        if sharded is not None:
+            payload["sharded"] = "dcp"
+        return TorchSnapshot(payload, [e.key for e in self.entries], sorted(rng), sharded)
 
     def write(self, snapshot: TorchSnapshot, sink: FileSink) -> Written:
         coord = self.coord
+        shards: list[str] = []
+        if snapshot.sharded is not None:
+            assert coord is not None  # set_model refuses sharded state without a group
+            # First: DCP's save is a collective; no rank may fail before it alone.
+            shards = torch_dcp.save(snapshot.sharded, sink.directory / torch_dcp.DCP_DIR,
+                                    coord.group, coord.is_writer)
+            for shard in shards:
+                sink.path(shard)  # fsynced (again) and checksummed by finish()
         if coord is not None:
             name = write_rank_rng(sink, coord, snapshot.payload["rng"])
             if not coord.is_writer:
@@ -232,6 +257,8 @@ class TorchBackend:
         if coord is not None:
             info["world_size"] = coord.world_size
             info["rank_rng_files"] = [rank_file("rng", r) for r in range(coord.world_size)]
+        if snapshot.sharded is not None:
+            info["sharded"] = "dcp"
         return Written(MODEL_FILE, info)
 
     def release_buffers(self) -> None:
@@ -251,11 +278,37 @@ class TorchBackend:
         name = info.get("model_file") or _LEGACY_MODEL_FILE
         if not isinstance(name, str) or not safe_member(name):
             raise ValueError(f"model_file {name!r} is not a file inside the checkpoint")
-        ranks_rng = load_rank_rng(directory, info, self.coord)  # before the big file
+        objects = self.require_model("restart")
+        sharded_info = info.get("sharded") == "dcp"
+        if sharded_info != self.sharded:
+            raise CheckpointMismatchError(
+                f"{directory}: " + ("the checkpoint holds sharded (DCP) state, the model is "
+                                    "not sharded" if sharded_info else "the model is sharded "
+                                    "(DTensor), the checkpoint holds replicated state"))
+        sharded = None
+        notes: list[str] = []
+        if self.sharded:
+            assert self.coord is not None
+            # First: DCP's load is a collective (and reshards to this world size).
+            sharded = torch_dcp.plan_load(directory, unwrap_module(objects["model"]),
+                                          objects["optimizer"], self.coord.group)
+            if info.get("world_size", 1) != self.coord.world_size:
+                notes.append(
+                    f"{directory} was saved by {info.get('world_size', 1)} rank(s), this run "
+                    f"has {self.coord.world_size}: the sharded state was resharded, the "
+                    "per-rank RNG states are not restored (the run is not bit-identical to "
+                    "an uninterrupted one)")
+        ranks_rng = None
+        if not notes:
+            ranks_rng = load_rank_rng(directory, info, self.coord)  # before the big file
         payload = torch.load(directory / name, map_location="cpu", weights_only=True)
-        plan = self._plan(payload, name)
+        plan = self._plan(payload, name, sharded=self.sharded)
+        plan.sharded = sharded
+        plan.notes.extend(notes)
         if ranks_rng is not None:
             plan.rng = ranks_rng
+        elif notes:
+            plan.rng = None
         notes = list(plan.notes)
         if plan.original_candle:
             what = "weights and optimizer state" if plan.optimizer is not None else "weights"
@@ -264,7 +317,7 @@ class TorchBackend:
                          "uninterrupted one")
         return Restored(apply=lambda: self._apply(plan), notes=notes)
 
-    def _plan(self, payload: Any, name: str) -> _Restore:
+    def _plan(self, payload: Any, name: str, sharded: bool = False) -> _Restore:
         """Check the file against the live objects; nothing is changed yet."""
         if not isinstance(payload, dict):
             raise ValueError(f"{name} holds a {type(payload).__name__}, not a checkpoint dict")
@@ -276,10 +329,12 @@ class TorchBackend:
             raise ValueError(f"{name} has no 'model_state_dict' (keys: {list(payload)[:8]})")
         objects = self.require_model("restart")
         module = unwrap_module(objects["model"])
-        model_sd = _match_model(module, payload["model_state_dict"], name)
+        model_sd = {} if sharded else _match_model(module, payload["model_state_dict"], name)
         notes: list[str] = []
         optimizer_sd = payload.get("optimizer_state_dict")
-        if optimizer_sd is None:
+        if sharded:
+            pass  # model and optimizer are in dcp/, checked by torch_dcp.plan_load
+        elif optimizer_sd is None:
             notes.append(f"{name} holds no optimizer state; the optimizer starts afresh")
         else:
             _match_optimizer(objects["optimizer"], optimizer_sd, payload.get("optimizer_type"),
@@ -309,9 +364,12 @@ class TorchBackend:
     def _apply(self, plan: _Restore) -> list[str]:
         """Copy a checked plan into the live objects; problems worth a warning."""
         objects = self.require_model("restart")
-        unwrap_module(objects["model"]).load_state_dict(plan.model)
-        if plan.optimizer is not None:
-            objects["optimizer"].load_state_dict(plan.optimizer)
+        if plan.sharded is not None:
+            torch_dcp.apply(unwrap_module(objects["model"]), objects["optimizer"], plan.sharded)
+        else:
+            unwrap_module(objects["model"]).load_state_dict(plan.model)
+            if plan.optimizer is not None:
+                objects["optimizer"].load_state_dict(plan.optimizer)
         by_key = {e.key: e for e in self.entries}
         for key, state in plan.entries.items():
             entry = by_key[key]
