@@ -125,6 +125,13 @@ def decide_together(coord: Coordinator, decide: Callable[[float | None], SaveRec
 
 
 @dataclass(frozen=True)
+class CaptureFailed:
+    """A rank's capture raised: its snapshot, so that the save fails on every rank."""
+
+    error: Exception
+
+
+@dataclass(frozen=True)
 class _Failure:
     """Why a step failed on some rank: the same text and errno reach every rank."""
 
@@ -171,12 +178,17 @@ class DistributedSaver(Saver):
         coord, epoch, work = self.coord, record.epoch, self.layout.work
         start = time.perf_counter()
         failure: _Failure | None = None
-        if coord.is_writer:
+        if isinstance(snapshot, CaptureFailed):
+            failure = _failure(coord.rank, "capturing its state", snapshot.error)
+        elif coord.is_writer:
             try:
                 self.committer.new_work()
             except Exception as err:
                 failure = _failure(0, f"creating {work}", err)
-        self._raise(coord.broadcast(failure), epoch)
+        failures = coord.all_gather(failure)
+        if coord.is_writer and any(failures) and failure is None:
+            shutil.rmtree(work, ignore_errors=True)  # created, but another rank failed
+        self._raise(next((f for f in failures if f is not None), None), epoch)
 
         # Every rank writes its own files; a failure is reported, not raised, so that
         # every rank reaches the gather below.

@@ -18,7 +18,13 @@ from typing import Any
 from . import params as _params
 from .backend import Backend, NoBackend
 from .commit import Committer, acquire_lock, release_lock
-from .distributed import Coordinator, DistributedSaver, decide_together, restart_together
+from .distributed import (
+    CaptureFailed,
+    Coordinator,
+    DistributedSaver,
+    decide_together,
+    restart_together,
+)
 from .errors import CheckpointCorruptError, CkptParamError
 from .integrity import DEFAULT_ALGORITHM, DISABLED, checksum_file
 from .layout import INFO_FILE, Layout, read_info_file
@@ -280,11 +286,21 @@ class CandleCkpt:
         if record is None:
             return False
         if self._async is not None:
-            self._async.submit(record, self.backend.capture(live=False))
+            self._async.submit(record, self._capture(live=False))
         else:
-            self._saver.save(record, self.backend.capture(live=True))
+            self._saver.save(record, self._capture(live=True))
             self._adopt(record)
         return True
+
+    def _capture(self, live: bool) -> Any:
+        """The backend's snapshot; multi-process, a failure travels to the collective save
+        (every rank must reach it, or the others would wait there forever)."""
+        if self._dist is None:
+            return self.backend.capture(live)
+        try:
+            return self.backend.capture(live)
+        except Exception as err:
+            return CaptureFailed(err)
 
     def _decide(self, epoch: int, sign: str, metric: float | None) -> SaveRecord | None:
         """The record of a save of ``epoch``, or None when the policies say no."""

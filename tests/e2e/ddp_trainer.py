@@ -11,6 +11,7 @@ Faults, chosen by the test through the environment:
   DDP_DIE_IN_SAVE=K      rank DDP_EXIT_RANK dies inside epoch K's save, after writing
                          its files into work/, before the ranks agree to commit
   DDP_FAIL_WRITE=K       rank DDP_EXIT_RANK's write of epoch K fails (ENOSPC)
+  DDP_FAIL_CAPTURE=K     rank DDP_EXIT_RANK's capture of epoch K raises
 The final parameters are written to --out (one file per rank: OUT.rankN); a
 CheckpointWriteError is printed as one JSON line and the rank exits with FAIL_CODE.
 """
@@ -42,9 +43,16 @@ def _inject_faults(rank: int) -> None:
     fault_rank = int(os.environ.get("DDP_EXIT_RANK", "-1"))
     die_in = int(os.environ.get("DDP_DIE_IN_SAVE", "0"))
     fail_at = int(os.environ.get("DDP_FAIL_WRITE", "0"))
-    if rank != fault_rank or not (die_in or fail_at):
+    fail_capture = int(os.environ.get("DDP_FAIL_CAPTURE", "0"))
+    if rank != fault_rank or not (die_in or fail_at or fail_capture):
         return
     original = torch_backend.TorchBackend.write
+    original_capture = torch_backend.TorchBackend.capture
+
+    def capture(self, live):  # type: ignore[no-untyped-def]
+        if self.progress[0] == fail_capture:
+            raise candle.CkptParamError("cannot checkpoint 'model' (injected)")
+        return original_capture(self, live)
 
     def write(self, snapshot, sink):  # type: ignore[no-untyped-def]
         epoch = self.progress[0]  # the 1-based epoch being saved
@@ -58,6 +66,7 @@ def _inject_faults(rank: int) -> None:
         return written
 
     torch_backend.TorchBackend.write = write  # type: ignore[method-assign]
+    torch_backend.TorchBackend.capture = capture  # type: ignore[method-assign]
 
 
 def main() -> None:

@@ -206,19 +206,21 @@ def test_one_rank_killed_between_epochs_then_both_restart_bit_identical(
 
 
 # ------------------------------------------------------------------------------ failures
-@pytest.mark.parametrize("failing_rank", [0, 1])
-def test_a_failing_write_on_one_rank_raises_the_same_error_on_every_rank(
-        tmp_path: Path, failing_rank: int) -> None:
+@pytest.mark.parametrize(("fault", "failing_rank"), [("WRITE", 0), ("WRITE", 1),
+                                                     ("CAPTURE", 1)])
+def test_a_failing_save_on_one_rank_raises_the_same_error_on_every_rank(
+        tmp_path: Path, fault: str, failing_rank: int) -> None:
     ckpt_dir, out = tmp_path / "ckpt", tmp_path / "out"
     failing = KILL_AFTER + 1
     ranks = launch(ckpt_dir, out, env={"DDP_EXIT_RANK": str(failing_rank),
-                                       "DDP_FAIL_WRITE": str(failing)})
+                                       f"DDP_FAIL_{fault}": str(failing)})
     assert [r.returncode for r in ranks] == [FAIL_CODE] * WORLD
     errors = [r.errors() for r in ranks]
     assert all(len(e) == 1 for e in errors), errors
     first, second = errors[0][0], errors[1][0]
     assert first["error"] == second["error"] == "CheckpointWriteError"
-    assert first["message"] == second["message"] and first["errno"] == second["errno"] == 28
+    assert first["message"] == second["message"] and first["errno"] == second["errno"]
+    assert first["errno"] == (28 if fault == "WRITE" else 0)  # ENOSPC travels to every rank
     assert f"saving epoch {failing} failed on rank {failing_rank}" in first["message"]
     assert "(injected)" in first["message"] and "'last' are untouched" in first["message"]
     assert last_epoch(ckpt_dir) == KILL_AFTER
