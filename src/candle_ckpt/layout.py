@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ INFO_FILE = "ckpt-info.json"
 LOG_FILE = "ckpt.log"
 LOCK_FILE = "ckpt.lock"
 POINTERS = ("last", "best")
-_EPOCH_RE = re.compile(r"^[0-9]+$")
+_EPOCH_RE = re.compile(r"[0-9]+", re.ASCII)
+MAX_INFO_BYTES = 64 << 20  # far above any real ckpt-info.json; bounds what a bad one costs
+_MAX_POINTER_BYTES = 4096
 _ASIDE_PREFIX = ".aside-"
 _DELETING_PREFIX = ".deleting-"
 
@@ -32,7 +35,28 @@ def epoch_name(epoch: int) -> str:
 
 
 def parse_epoch(name: str) -> int | None:
-    return int(name) if _EPOCH_RE.match(name) else None
+    """The epoch of a directory name written by :func:`epoch_name`, else None.
+
+    Only the canonical spelling counts ("007", "1000"; not "7", "0007", "007\\n"):
+    ``epoch_dir(parse_epoch(name))`` must be that very directory.
+    """
+    if not isinstance(name, str) or len(name) > 40 or not _EPOCH_RE.fullmatch(name):
+        return None
+    epoch = int(name)
+    return epoch if epoch_name(epoch) == name else None
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path, follow_symlinks=False)
+    except (OSError, ValueError):  # ValueError: an embedded NUL
+        return None
+
+
+def is_real_dir(path: Path) -> bool:
+    """A directory itself, not a link to one; False when it cannot be looked at."""
+    st = _lstat(path)
+    return st is not None and stat.S_ISDIR(st.st_mode)
 
 
 @dataclass(frozen=True)
@@ -123,32 +147,39 @@ class Layout:
         """The relative target written into ``last``/``best`` for an epoch."""
         return f"epochs/{epoch_name(epoch)}"
 
-    def list_epochs(self) -> list[int]:
-        """Every ``epochs/NNN`` directory, complete or not, ascending."""
+    def _names(self) -> list[str]:
         try:
-            names = os.listdir(self.epochs_dir)
-        except FileNotFoundError:
+            return os.listdir(self.epochs_dir)
+        except OSError:  # missing, unreadable, not a directory: nothing to list
             return []
+
+    def list_epochs(self) -> list[int]:
+        """Every ``epochs/NNN`` directory, complete or not, ascending. Never raises.
+
+        A symlink named like an epoch is not a checkpoint (it is never followed).
+        """
         found = []
-        for name in names:
+        for name in self._names():
             n = parse_epoch(name)
-            if n is not None and (self.epochs_dir / name).is_dir():
+            if n is not None and is_real_dir(self.epochs_dir / name):
                 found.append(n)
         return sorted(found)
 
     def is_complete(self, epoch: int) -> bool:
-        """``ckpt-info.json`` is written last: its presence marks the checkpoint complete."""
-        return (self.epoch_dir(epoch) / INFO_FILE).is_file()
+        """``ckpt-info.json`` is written last: its presence marks the checkpoint complete.
+
+        It must be a regular file; an epoch that cannot be looked into (``chmod 000``)
+        is not complete as far as anyone can tell. Never raises.
+        """
+        st = _lstat(self.epoch_dir(epoch) / INFO_FILE)
+        return st is not None and stat.S_ISREG(st.st_mode)
 
     def complete_epochs(self) -> list[int]:
         return [e for e in self.list_epochs() if self.is_complete(e)]
 
     def leftovers(self) -> list[Path]:
         """Asides and half-deleted directories a crash may have left in ``epochs/``."""
-        try:
-            names = os.listdir(self.epochs_dir)
-        except FileNotFoundError:
-            return []
+        names = self._names()
         return sorted(
             self.epochs_dir / n
             for n in names
@@ -156,22 +187,37 @@ class Layout:
         )
 
     def read_pointer(self, name: str) -> Pointer:
-        """Read ``last`` or ``best`` without following it outside this layout."""
+        """Read ``last`` or ``best`` without following it outside this layout. Never raises.
+
+        ``epoch`` is set when the pointer names ``epochs/NNN`` of this layout and that
+        entry exists; whether it is a valid checkpoint (a real directory, ...) is for
+        ``integrity.check_checkpoint`` to say, so restart can fall back with a reason.
+        """
         path = self.base / name
-        if not os.path.lexists(path):
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
             return Pointer(name, path, "missing", problem="missing")
-        if path.is_symlink():
-            raw = os.readlink(path)
+        except (OSError, ValueError) as err:
+            return Pointer(name, path, "other", problem=f"cannot be looked at: {_why(err)}")
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                raw = os.readlink(path)
+            except OSError as err:
+                return Pointer(name, path, "symlink", problem=f"unreadable link: {_why(err)}")
             return self._resolve(Pointer(name, path, "symlink", raw=raw))
-        if path.is_dir():
+        if stat.S_ISDIR(st.st_mode):
             return Pointer(
                 name, path, "directory", problem="is a plain directory, not a link to epochs/NNN"
             )
-        if path.is_file():
+        if stat.S_ISREG(st.st_mode):
+            from .safeio import read_regular
+
             try:
-                raw = path.read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as err:
-                return Pointer(name, path, "file", problem=f"unreadable pointer file: {err}")
+                raw = read_regular(path, _MAX_POINTER_BYTES, "a pointer file").decode(
+                    "utf-8").strip()
+            except (OSError, ValueError) as err:
+                return Pointer(name, path, "file", problem=f"unreadable pointer file: {_why(err)}")
             return self._resolve(Pointer(name, path, "file", raw=raw))
         return Pointer(name, path, "other", problem="is neither a link nor a pointer file")
 
@@ -179,28 +225,27 @@ class Layout:
         raw = p.raw or ""
         if not raw:
             return _with(p, problem="empty pointer")
+        if "\0" in raw or "\n" in raw:
+            return _with(p, problem=f"escapes the tree: {_show(raw)} is not a path inside "
+                                    f"{_show(self.epochs_dir)}")
         target = Path(os.path.normpath(self.base / raw))  # an absolute raw wins the join
         epoch = parse_epoch(target.name)
         in_tree = epoch is not None and _same_dir(target.parent, self.epochs_dir)
         if in_tree:
             assert epoch is not None
-            if not self.epoch_dir(epoch).is_dir():
-                return _with(p, epoch=None, problem=f"dangling: {raw} does not exist")
+            if _lstat(self.epoch_dir(epoch)) is None:
+                return _with(p, epoch=None, problem=f"dangling: {_show(raw)} does not exist")
             return _with(p, epoch=epoch)
         # The original wrote absolute links; after the tree was moved they dangle. If
         # the name ends in epochs/NNN and that exists here, re-anchor to it.
-        if (
-            os.path.isabs(raw)
-            and epoch is not None
-            and target.parent.name == "epochs"
-            and not os.path.exists(raw)
-            and self.epoch_dir(epoch).is_dir()
-        ):
+        missing = os.path.isabs(raw) and _lstat(Path(raw)) is None
+        if missing and epoch is not None and target.parent.name == "epochs" \
+                and is_real_dir(self.epoch_dir(epoch)):
             return _with(p, epoch=epoch, reanchored=True)
-        if os.path.isabs(raw) and not os.path.exists(raw):
-            return _with(p, problem=f"dangling: {raw} does not exist")
+        if missing:
+            return _with(p, problem=f"dangling: {_show(raw)} does not exist")
         return _with(
-            p, problem=f"escapes the tree: {raw} is not inside {self.epochs_dir}"
+            p, problem=f"escapes the tree: {_show(raw)} is not inside {_show(self.epochs_dir)}"
         )
 
     def read_info(self, epoch: int) -> dict[str, Any]:
@@ -216,20 +261,49 @@ def _with(p: Pointer, **changes: Any) -> Pointer:
 
 
 def _same_dir(a: Path, b: Path) -> bool:
+    """Same directory by (st_dev, st_ino): no realpath (PATH_MAX-deep cwds)."""
     try:
-        return os.path.realpath(a) == os.path.realpath(b)
-    except OSError:
+        return os.path.samestat(os.stat(a), os.stat(b))
+    except (OSError, ValueError):
         return False
 
 
+def _show(value: Any) -> str:
+    from .safeio import printable
+
+    return printable(os.fspath(value) if isinstance(value, os.PathLike) else value)
+
+
+def _why(err: BaseException) -> str:
+    return _show(getattr(err, "strerror", None) or err)
+
+
 def read_info_file(path: Path) -> dict[str, Any]:
-    """Read a ``ckpt-info.json``; non-JSON or a non-object raises ValueError."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    data = json.loads(text)  # tolerant: the original wrote Infinity for an unset best
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+    """Read a ``ckpt-info.json``.
+
+    Only a regular file is read (a symlink, FIFO or device is refused without being
+    opened), of at most ``MAX_INFO_BYTES``; it must be UTF-8 holding one JSON object.
+    Non-standard ``NaN``/``Infinity`` are accepted (the original wrote Infinity).
+
+    Raises:
+        OSError: it cannot be read (FileNotFoundError, PermissionError, UnsafeFileError
+            for a link or special file ...).
+        ValueError: anything wrong with its content: too large, not UTF-8, not JSON,
+            nested too deeply, an integer beyond Python's limit, not an object.
+    """
+    from .safeio import read_regular
+
+    data = read_regular(path, MAX_INFO_BYTES, INFO_FILE)
+    try:
+        text = data.decode("utf-8")
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{_show(path)}: JSON nested too deeply") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, int digits limit
+        raise ValueError(f"{_show(path)}: {_show(err)}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{_show(path)}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 @dataclass
@@ -245,7 +319,7 @@ class CheckpointSummary:
 
 
 def summarize(layout: Layout) -> list[CheckpointSummary]:
-    """Every epoch directory with its parsed info and last/best markers."""
+    """Every epoch directory with its parsed info and last/best markers. Never raises."""
     last = layout.read_pointer("last")
     best = layout.read_pointer("best")
     rows = []
@@ -255,7 +329,16 @@ def summarize(layout: Layout) -> list[CheckpointSummary]:
             try:
                 row.info = layout.read_info(e)
             except (OSError, ValueError) as err:
-                row.error = f"unreadable {INFO_FILE}: {err}"
+                row.error = f"unreadable {INFO_FILE}: {_why(err)}"
+        else:
+            try:
+                os.stat(layout.epoch_dir(e) / INFO_FILE, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                row.error = f"cannot be looked into: {_why(err)}"
+            else:
+                row.error = f"{INFO_FILE} is not a regular file"
         if last.ok and last.epoch == e:
             row.markers.append("last")
         if best.ok and best.epoch == e:
