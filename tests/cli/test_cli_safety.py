@@ -166,6 +166,24 @@ def _epochs_is_a_file(root: Path) -> None:
     (root / "ckpts" / "epochs").write_text("not a directory")
 
 
+def _replace(relative: str, make: Callable[[Path], None]) -> Damage:
+    def damage(root: Path) -> None:
+        path = root / relative
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            path.unlink()
+        make(path)
+    return damage
+
+
+def _epoch_links_outside(root: Path) -> None:
+    outside = root.parent / "elsewhere"
+    shutil.copytree(epoch_dir(root, 5), outside)
+    shutil.rmtree(epoch_dir(root, 5))
+    os.symlink(outside, epoch_dir(root, 5))
+
+
 DAMAGES: dict[str, Damage] = {
     "deep nesting": _write_info_text(6, "[" * 100_000 + "]" * 100_000),
     "400-digit integers": _rewrite_info(6, lambda i: i.update(
@@ -193,6 +211,16 @@ DAMAGES: dict[str, Damage] = {
     "odd file names": _odd_names,
     "last with a newline": _last_with_a_newline,
     "epochs is a file": _epochs_is_a_file,
+    "lock is a directory": _replace("ckpt.lock", Path.mkdir),
+    "lock is a fifo": _replace("ckpt.lock", os.mkfifo),
+    "log is a directory": _replace("ckpt.log", Path.mkdir),
+    "log is a fifo": _replace("ckpt.log", os.mkfifo),
+    "last is a fifo": _replace("ckpts/last", os.mkfifo),
+    "best is a directory": _replace("ckpts/best", Path.mkdir),
+    "last is a huge file": _replace("ckpts/last", lambda p: p.write_text("x" * 5_000_000)),
+    "epoch links outside": _epoch_links_outside,
+    "info a symlink to /dev/zero": _replace("ckpts/epochs/006/ckpt-info.json",
+                                            lambda p: os.symlink("/dev/zero", p)),
 }
 
 COMMANDS: list[list[str]] = [

@@ -23,6 +23,7 @@ from .common import (
     open_directory,
     pointer_text,
     print_table,
+    read_info_safely,
     resolve_epoch,
     rows_of,
     shown,
@@ -175,7 +176,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def _read_info_or_fail(layout: Layout, epoch: int) -> dict[str, Any]:
     path = layout.epoch_dir(epoch) / INFO_FILE
     try:
-        return layout.read_info(epoch)
+        return read_info_safely(layout, epoch)
     except FileNotFoundError:
         raise CliError(f"epoch {epoch} is incomplete: {shown(path)} is missing") from None
     except (OSError, ValueError, RecursionError) as err:
