@@ -31,7 +31,15 @@ from .errors import (
     LockLostError,
 )
 from .integrity import checksum_fd, new_hasher, safe_member
-from .layout import _ASIDE_PREFIX, _DELETING_PREFIX, INFO_FILE, LOCK_FILE, Layout, parse_epoch
+from .layout import (
+    _ASIDE_PREFIX,
+    _DELETING_PREFIX,
+    INFO_FILE,
+    LOCK_FILE,
+    CkptKey,
+    Layout,
+    parse_epoch,
+)
 from .safeio import create_exclusive, display_path, open_regular, printable
 
 # Crash injection for tests: called with each step's name. Never set in production.
@@ -538,12 +546,12 @@ class Committer:
         write_json_durable(path, info)
         _step("info-written")
 
-    def publish(self, epoch: int, work: Path) -> Path:
-        """Rename work/ to epochs/NNN, moving an existing epochs/NNN aside first."""
-        target = self.layout.epoch_dir(epoch)
+    def publish(self, epoch: int, work: Path, batch: int = 0) -> Path:
+        """Rename work/ to epochs/NNN (or NNN+BBBBBB), moving an existing one aside first."""
+        target = self.layout.epoch_dir(epoch, batch)
         aside: Path | None = None
         if os.path.lexists(target):
-            self._unpoint_redone(epoch)
+            self._unpoint_redone(epoch, batch)
             aside = self.layout.epochs_dir / f"{_ASIDE_PREFIX}{target.name}"
             if os.path.lexists(aside):
                 _rmtree(aside)
@@ -565,27 +573,28 @@ class Committer:
             _step("aside-deleted")
         return target
 
-    def _unpoint_redone(self, epoch: int) -> None:
+    def _unpoint_redone(self, epoch: int, batch: int = 0) -> None:
         """``last`` must never point at a directory being moved aside."""
+        key = CkptKey(epoch, batch)
         for name in ("last", "best"):
             p = self.layout.read_pointer(name)
-            if p.epoch != epoch:
+            if p.key != key:
                 continue
             if name == "best":
                 self.remove_pointer("best")
                 continue
-            older = [e for e in self.layout.complete_epochs() if e < epoch]
+            older = [k for k in self.layout.complete_keys() if k < key]
             if older:
-                self.point("last", older[-1])
-                self.log(f"re-pointed last at epoch {older[-1]} while epoch {epoch} is re-done")
+                self.point("last", older[-1].epoch, older[-1].batch)
+                self.log(f"re-pointed last at {older[-1].name} while {key.name} is re-done")
             else:
                 self.remove_pointer("last")
                 self.log(f"removed last (pointed at epoch {epoch}, which is being re-done)")
 
-    def point(self, name: str, epoch: int) -> None:
+    def point(self, name: str, epoch: int, batch: int = 0) -> None:
         """Atomically point ``last``/``best`` at epochs/NNN with a relative link."""
         base = self.layout.base
-        rel = self.layout.pointer_text(epoch)
+        rel = self.layout.pointer_text(epoch, batch)
         tmp = base / f".{name}.tmp-{os.getpid()}"
         if os.path.lexists(tmp):
             tmp.unlink()
@@ -625,7 +634,7 @@ class Committer:
             path.unlink()
             fsync_dir(self.layout.base)
 
-    def delete_epoch(self, epoch: int) -> None:
+    def delete_epoch(self, epoch: int, batch: int = 0) -> None:
         """Delete a checkpoint: rename first so a crash never leaves half of one listed.
 
         Raises:
@@ -635,7 +644,7 @@ class Committer:
                 open descriptors ...: :meth:`purge_deletions` retries). Only ever called
                 after the commit point: the caller logs it and carries on.
         """
-        target = self.layout.epoch_dir(epoch)
+        target = self.layout.epoch_dir(epoch, batch)
         if not os.path.lexists(target):
             return
         # A unique name: a stuck earlier deletion of the same epoch must not block this one.

@@ -46,6 +46,48 @@ def parse_epoch(name: str) -> int | None:
     return epoch if epoch_name(epoch) == name else None
 
 
+_PARTIAL_RE = re.compile(r"([0-9]+)\+([0-9]{6,})", re.ASCII)
+
+
+@dataclass(frozen=True, order=True)
+class CkptKey:
+    """Which checkpoint: ``epoch`` completed epochs, plus ``batch`` batches of the next.
+
+    ``batch`` is 0 for an epoch-end checkpoint (``epochs/NNN``); a mid-epoch one (saved
+    on a pre-emption signal or a time-based save) is ``epochs/NNN+BBBBBB``, which sorts
+    after epoch NNN's and before NNN+1's, and which no reader of complete epochs takes
+    for one.
+    """
+
+    epoch: int
+    batch: int = 0
+
+    @property
+    def partial(self) -> bool:
+        return self.batch > 0
+
+    @property
+    def name(self) -> str:
+        return epoch_name(self.epoch) + (f"+{self.batch:06d}" if self.batch else "")
+
+    def __str__(self) -> str:
+        return f"{self.epoch}+{self.batch}" if self.batch else str(self.epoch)
+
+
+def parse_key(name: str) -> CkptKey | None:
+    """The checkpoint a directory name under ``epochs/`` stands for, else None."""
+    epoch = parse_epoch(name)
+    if epoch is not None:
+        return CkptKey(epoch)
+    if not isinstance(name, str) or len(name) > 60:
+        return None
+    m = _PARTIAL_RE.fullmatch(name)
+    if m is None:
+        return None
+    key = CkptKey(int(m.group(1)), int(m.group(2)))
+    return key if key.partial and key.name == name else None
+
+
 def _lstat(path: Path) -> os.stat_result | None:
     try:
         return os.stat(path, follow_symlinks=False)
@@ -75,10 +117,15 @@ class Pointer:
     epoch: int | None = None
     problem: str | None = None
     reanchored: bool = False
+    batch: int = 0  # > 0: a mid-epoch checkpoint (epochs/NNN+BBBBBB)
 
     @property
     def ok(self) -> bool:
         return self.epoch is not None and self.problem is None
+
+    @property
+    def key(self) -> CkptKey | None:
+        return None if self.epoch is None else CkptKey(self.epoch, self.batch)
 
 
 @dataclass(frozen=True)
@@ -140,12 +187,22 @@ class Layout:
     def lock_file(self) -> Path:
         return self.root / LOCK_FILE
 
-    def epoch_dir(self, epoch: int) -> Path:
-        return self.epochs_dir / epoch_name(epoch)
+    def epoch_dir(self, epoch: int, batch: int = 0) -> Path:
+        return self.epochs_dir / CkptKey(epoch, batch).name
 
-    def pointer_text(self, epoch: int) -> str:
-        """The relative target written into ``last``/``best`` for an epoch."""
-        return f"epochs/{epoch_name(epoch)}"
+    def pointer_text(self, epoch: int, batch: int = 0) -> str:
+        """The relative target written into ``last``/``best`` for a checkpoint."""
+        return f"epochs/{CkptKey(epoch, batch).name}"
+
+    def complete_keys(self) -> list[CkptKey]:
+        """Every complete checkpoint, epoch-end and mid-epoch, oldest first. Never raises."""
+        keys = []
+        for name in self._names():
+            key = parse_key(name)
+            if key is not None and is_real_dir(self.epochs_dir / name) \
+                    and self.is_complete(key.epoch, key.batch):
+                keys.append(key)
+        return sorted(keys)
 
     def _names(self) -> list[str]:
         try:
@@ -165,13 +222,13 @@ class Layout:
                 found.append(n)
         return sorted(found)
 
-    def is_complete(self, epoch: int) -> bool:
+    def is_complete(self, epoch: int, batch: int = 0) -> bool:
         """``ckpt-info.json`` is written last: its presence marks the checkpoint complete.
 
         It must be a regular file; an epoch that cannot be looked into (``chmod 000``)
         is not complete as far as anyone can tell. Never raises.
         """
-        st = _lstat(self.epoch_dir(epoch) / INFO_FILE)
+        st = _lstat(self.epoch_dir(epoch, batch) / INFO_FILE)
         return st is not None and stat.S_ISREG(st.st_mode)
 
     def complete_epochs(self) -> list[int]:
@@ -229,6 +286,11 @@ class Layout:
             return _with(p, problem=f"escapes the tree: {_show(raw)} is not a path inside "
                                     f"{_show(self.epochs_dir)}")
         target = Path(os.path.normpath(self.base / raw))  # an absolute raw wins the join
+        key = parse_key(target.name)
+        if key is not None and key.partial and _same_dir(target.parent, self.epochs_dir):
+            if _lstat(self.epoch_dir(key.epoch, key.batch)) is None:
+                return _with(p, epoch=None, problem=f"dangling: {_show(raw)} does not exist")
+            return _with(p, epoch=key.epoch, batch=key.batch)
         epoch = parse_epoch(target.name)
         in_tree = epoch is not None and _same_dir(target.parent, self.epochs_dir)
         if in_tree:
@@ -248,14 +310,14 @@ class Layout:
             p, problem=f"escapes the tree: {_show(raw)} is not inside {_show(self.epochs_dir)}"
         )
 
-    def read_info(self, epoch: int) -> dict[str, Any]:
-        """Parse an epoch's ``ckpt-info.json`` (raises OSError / ValueError)."""
-        return read_info_file(self.epoch_dir(epoch) / INFO_FILE)
+    def read_info(self, epoch: int, batch: int = 0) -> dict[str, Any]:
+        """Parse a checkpoint's ``ckpt-info.json`` (raises OSError / ValueError)."""
+        return read_info_file(self.epoch_dir(epoch, batch) / INFO_FILE)
 
 
 def _with(p: Pointer, **changes: Any) -> Pointer:
     values = {f: getattr(p, f) for f in ("name", "path", "kind", "raw", "epoch", "problem",
-                                          "reanchored")}
+                                          "reanchored", "batch")}
     values.update(changes)
     return Pointer(**values)
 

@@ -340,6 +340,20 @@ class CandleCkptPyTorch(CandleCkpt):
                 or some state could not be read back with ``weights_only=True``.
         """
         self.backend.set_model(model)
+        self._preempt.start()  # stop-signal handlers, until on_train_end() or close()
+
+    def ckpt_batch(self, epoch: int, batch: int) -> bool:
+        """Call after each optimizer step (0-based epoch and batch, like ckpt_epoch).
+
+        Returns True when a stop signal (``ckpt_signals``) or the wall-clock limit made it
+        commit a mid-epoch checkpoint: end the training loop then (and call
+        ``on_train_end()``). On restart, ``J["batch"]`` batches of epoch ``J["epoch"]``
+        are done: skip them.
+        """
+        self.backend.require_model("ckpt_batch")
+        if isinstance(epoch, int) and not isinstance(epoch, bool):
+            self.backend.progress = (epoch, None)
+        return super().ckpt_batch(epoch, batch)
 
     def ckpt_epoch(self, epoch: int, metric_value: Any = None) -> bool:  # type: ignore[override]
         """Checkpoint the 0-based ``epoch`` just completed, if the policies say so.
