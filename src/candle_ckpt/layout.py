@@ -378,6 +378,11 @@ class CheckpointSummary:
     info: dict[str, Any] | None = None
     error: str | None = None
     markers: list[str] = field(default_factory=list)
+    batch: int = 0  # > 0: a mid-epoch checkpoint (epochs/NNN+BBBBBB)
+
+    @property
+    def key(self) -> CkptKey:
+        return CkptKey(self.epoch, self.batch)
 
 
 def summarize(layout: Layout) -> list[CheckpointSummary]:

@@ -155,3 +155,18 @@ def test_checkpoint_names_parse_one_way_only():
     for bad in ("002+150", "2+000150", "002+000000", "002+", "+000001", "002+0001500x"):
         assert parse_key(bad) is None, bad
     assert CkptKey(2) < CkptKey(2, 1) < CkptKey(3)
+
+
+def test_candle_ckpt_list_shows_mid_epoch_checkpoints(tmp_path, clock, capsys):
+    from candle_ckpt.cli import main
+
+    with engine(tmp_path, ckpt_save_interval_seconds=10, ckpt_signals="none") as e:
+        train(e, [1])
+        clock.now += 11
+        e.set_model(blobs(2))
+        e.ckpt_batch(1, 2)
+    assert main(["list", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    row = [line for line in out.splitlines() if line.strip().startswith("1+3")]
+    assert "last -> epochs/001+000003" in out
+    assert row and "last" in row[0] and "mid-epoch" in row[0], out

@@ -188,7 +188,7 @@ def pointer_text(layout: Layout, name: str) -> str:
         return f"{name}: none"
     if p.epoch is None:
         return f"{name}: BROKEN ({shown(p.problem)})"
-    text = f"{name} -> {layout.pointer_text(p.epoch)}"
+    text = f"{name} -> {layout.pointer_text(p.epoch, p.batch)}"
     if p.reanchored:
         text += f" (re-anchored: {shown(p.raw)} dangles, the tree was moved)"
     return text
@@ -300,12 +300,24 @@ def summarize_safely(layout: Layout) -> list[CheckpointSummary]:
                 row.info = read_info_safely(layout, e)
             except Exception as err:  # any content is one unreadable row, not a crash
                 row.error = f"unreadable {INFO_FILE}: {shown(err)}"
-        if last.ok and last.epoch == e:
+        if last.ok and last.key == row.key:
             row.markers.append("last")
-        if best.ok and best.epoch == e:
+        if best.ok and best.epoch == e and not best.batch:
             row.markers.append("best")
         rows.append(row)
-    return rows
+    for key in layout.complete_keys():  # mid-epoch checkpoints (pre-emption, time-based)
+        if not key.partial:
+            continue
+        row = CheckpointSummary(key.epoch, layout.epoch_dir(key.epoch, key.batch), True,
+                                batch=key.batch, markers=["mid-epoch"])
+        try:
+            row.info = layout.read_info(key.epoch, key.batch)
+        except Exception as err:  # any content is one unreadable row, not a crash
+            row.error = f"unreadable {INFO_FILE}: {shown(err)}"
+        if last.ok and last.key == key:
+            row.markers.insert(0, "last")
+        rows.append(row)
+    return sorted(rows, key=lambda r: r.key)
 
 
 def rows_of(layout: Layout) -> list[Row]:

@@ -96,7 +96,7 @@ def print_listing(layout: Layout, rows: Sequence[Row]) -> None:
         if len(names) > 1 and info.get("save_best_metric"):
             value = f"{shown(info['save_best_metric'])}={value}"
         table.append([
-            str(r.summary.epoch), value, ",".join(r.summary.markers), human_size(r.size),
+            str(r.summary.key), value, ",".join(r.summary.markers), human_size(r.size),
             shown(info.get("timestamp", "-")), r.status,
         ])
     print()
