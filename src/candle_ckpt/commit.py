@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import errno
 import io
+import itertools
 import json
 import math
 import os
 import shutil
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,9 +23,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import CheckpointLockedError, CheckpointWriteError, CkptParamError
-from .integrity import checksum_file, new_hasher, safe_member
-from .layout import _ASIDE_PREFIX, _DELETING_PREFIX, INFO_FILE, Layout, parse_epoch
+from .errors import (
+    CheckpointDeleteError,
+    CheckpointLockedError,
+    CheckpointWriteError,
+    CkptParamError,
+    LockLostError,
+)
+from .integrity import checksum_fd, new_hasher, safe_member
+from .layout import (
+    _ASIDE_PREFIX,
+    _DELETING_PREFIX,
+    INFO_FILE,
+    LOCK_FILE,
+    CkptKey,
+    Layout,
+    parse_epoch,
+)
+from .safeio import create_exclusive, display_path, open_regular, printable
 
 # Crash injection for tests: called with each step's name. Never set in production.
 _on_step: Callable[[str], None] | None = None
@@ -34,16 +51,34 @@ def _step(name: str) -> None:
         _on_step(name)
 
 
+# fsync of a directory is not supported everywhere (Windows cannot open one; some
+# filesystems answer EINVAL): durability is then the filesystem's. Anything else (EIO,
+# ENOSPC, EMFILE) is a real failure and is raised.
+_FSYNC_UNSUPPORTED = frozenset(
+    {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EISDIR,
+     errno.EACCES, errno.EPERM}
+)
+
+
 def fsync_dir(path: Path) -> None:
-    """Make a directory's entries (creations, renames) durable."""
+    """Make a directory's entries (creations, renames) durable.
+
+    Raises:
+        OSError: the directory cannot be opened or synced for a reason other than the
+            platform not supporting it (EIO, ENOSPC, EMFILE ...).
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return  # platforms that cannot open directories
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        if err.errno in _FSYNC_UNSUPPORTED:
+            return
+        raise
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as err:
+        if err.errno not in _FSYNC_UNSUPPORTED:
+            raise
     finally:
         os.close(fd)
 
@@ -94,21 +129,23 @@ class FileSink:
         self._by_path: list[str] = []
 
     def _claim(self, name: str) -> Path:
-        if not safe_member(name) or name == INFO_FILE:
+        # Flat names only: restart accepts nothing else (no '/', '\\', '..', NUL), and a
+        # file that could not be restored must not be written in the first place.
+        if not isinstance(name, str) or not safe_member(name) or name == INFO_FILE:
             raise CkptParamError(
-                f"checkpoint file name {name!r} is not accepted; use a relative name inside "
-                f"the checkpoint other than {INFO_FILE!r}"
+                f"checkpoint file name {printable(name)!r} is not accepted; give a plain "
+                "file name (no '/', '\\', '..', NUL or control characters, at most 255 "
+                f"bytes) other than {INFO_FILE!r}"
             )
         if name in self.files or name in self._by_path:
             raise CkptParamError(f"checkpoint file name {name!r} is written twice")
-        path = self.directory / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        return self.directory / name
 
     @contextmanager
     def open(self, name: str) -> Iterator[_HashingWriter]:
         path = self._claim(name)
-        with open(path, "wb", buffering=1 << 20) as raw:
+        # O_EXCL|O_NOFOLLOW: the file is new, ours, and no link planted in work/ is used.
+        with os.fdopen(create_exclusive(path), "wb", buffering=1 << 20) as raw:
             writer = _HashingWriter(raw, self.algorithm)
             yield writer
             raw.flush()
@@ -121,27 +158,54 @@ class FileSink:
 
     def path(self, name: str) -> Path:
         path = self._claim(name)
+        if os.path.lexists(path):
+            raise CkptParamError(
+                f"checkpoint file name {name!r}: {display_path(path)} exists already"
+            )
         self._by_path.append(name)
         return path
 
+    def adopt(self, name: str) -> None:
+        """Take a file a framework wrote into the directory under a name of its own
+        choosing (DCP names its shards); fsynced and checksummed by finish(), as path()'s.
+        """
+        self._claim(name)
+        self._by_path.append(name)
+
     def finish(self) -> dict[str, dict[str, Any]]:
-        """fsync the files written by path and add them to the manifest."""
+        """fsync the files written by path and add them to the manifest.
+
+        Raises:
+            CheckpointWriteError: the backend did not write a file it asked a path for,
+                or wrote something other than a regular file there.
+            OSError: fsync or reading failed (ENOSPC, EIO ...).
+        """
         for name in self._by_path:
             path = self.directory / name
-            if not path.is_file():
+            try:
+                fd = open_regular(path, os.O_RDONLY, role="a checkpoint file")
+            except FileNotFoundError:
                 raise CheckpointWriteError(
                     errno.ENOENT, f"the backend did not write {name!r}", str(path)
-                )
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-            entry: dict[str, Any] = {"size": path.stat().st_size}
-            if self.algorithm:
-                entry["checksum"] = checksum_file(path, self.algorithm)
+                ) from None
+            except OSError as err:
+                if err.errno in (errno.ELOOP, errno.EINVAL):
+                    raise CheckpointWriteError(
+                        errno.EINVAL, f"the backend wrote {name!r} as something other than "
+                        f"a regular file: {err}", str(path)
+                    ) from None
+                raise
+            try:
+                os.fsync(fd)
+                entry: dict[str, Any] = {"size": os.fstat(fd).st_size}
+                if self.algorithm:
+                    entry["checksum"] = checksum_fd(fd, self.algorithm)
+            finally:
+                os.close(fd)
             self.files[name] = entry
             _step("file-written")
         self._by_path.clear()
-        for sub in {(self.directory / n).parent for n in self.files}:
-            fsync_dir(sub)
+        fsync_dir(self.directory)
         return dict(sorted(self.files.items()))
 
 
@@ -157,71 +221,249 @@ def json_safe(value: Any) -> Any:
 
 
 def write_json_durable(path: Path, data: dict[str, Any]) -> None:
+    """Write strict JSON to ``path`` atomically and durably.
+
+    A new file (O_EXCL|O_NOFOLLOW) beside it is replaced over ``path``: whatever was at
+    ``path`` (a planted link included) is replaced, never followed or truncated.
+
+    Raises:
+        OSError: writing, fsync or the rename failed (ENOSPC, EMFILE ...).
+    """
     text = json.dumps(json_safe(data), indent=1, allow_nan=False, ensure_ascii=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    try:
+        with os.fdopen(create_exclusive(tmp), "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     fsync_dir(path.parent)
 
 
 # ---------------------------------------------------------------------------------------
-# The writer lock. flock is released by the kernel when the process dies, so a lock left
-# by a killed run never blocks the next one. Engines of one process share the lock.
+# The writer lock. flock is released by the kernel when the last descriptor of the open
+# file goes away, so a lock left by a killed run never blocks the next one. The
+# descriptor is O_CLOEXEC (a subprocess never inherits it) and closed in a fork()ed
+# child (so a DataLoader worker that outlives a SIGKILLed trainer does not keep the
+# directory locked). One writer per directory, also within one process.
 
-_locks: dict[str, list[Any]] = {}
-_locks_guard = threading.Lock()
+_held: dict[tuple[int, int], WriterLock] = {}
+_guard = threading.RLock()  # re-entrant: a GC-run __del__ may release inside acquire
 
 
-def acquire_lock(layout: Layout) -> tuple[str, bool]:
-    """Take the writer lock of a checkpoint directory.
+class WriterLock:
+    """The writer lock of one checkpoint directory, held by this process.
 
-    Returns:
-        The key to release it, and whether this process did not hold it before.
+    ``check()`` before each save proves it still protects the writer; ``release()``
+    (idempotent) gives it up. Directories are told apart by ``(st_dev, st_ino)``, not by
+    ``realpath`` (which fails under a working directory deeper than PATH_MAX).
+    """
+
+    def __init__(self, root: Path, fd: int, directory_id: tuple[int, int],
+                 file_id: tuple[int, int]) -> None:
+        self.root = root
+        self.fd = fd
+        self.pid = os.getpid()
+        self.directory_id = directory_id
+        self.file_id = file_id
+
+    @property
+    def key(self) -> str:
+        """What :func:`release_lock` takes (the older ``acquire_lock`` API)."""
+        return f"{self.directory_id[0]}:{self.directory_id[1]}"
+
+    @property
+    def held(self) -> bool:
+        return self.fd >= 0 and self.pid == os.getpid()
+
+    def check(self) -> None:
+        """Raise unless this process still holds the lock of the same directory.
+
+        Raises:
+            LockLostError: called in a fork()ed child of the holder; the lock was
+                released; the directory or its ``ckpt.lock`` was deleted or replaced
+                (another writer could lock the new one: saving on would make two).
+        """
+        where = display_path(self.root)
+        if os.getpid() != self.pid:
+            raise LockLostError(
+                f"checkpoint directory {where!r} is locked by pid {self.pid}; this process "
+                f"(pid {os.getpid()}) is a fork()ed child of it and holds no lock: only the "
+                "parent may save. Save from the parent, or build a new engine on another "
+                "ckpt_directory in the child"
+            )
+        if self.fd < 0:
+            raise LockLostError(
+                f"the writer lock of {where!r} was released (close() was called); build a "
+                "new engine to write there again"
+            )
+        try:
+            st = os.stat(self.root)
+        except OSError as err:
+            raise LockLostError(
+                f"checkpoint directory {where!r} cannot be found any more "
+                f"({err.strerror or err}): it was deleted or moved while this run wrote "
+                "into it; refusing to save into whatever is there now"
+            ) from None
+        if (st.st_dev, st.st_ino) != self.directory_id:
+            raise LockLostError(
+                f"checkpoint directory {where!r} was replaced while this run wrote into it "
+                "(it is another directory now, which this lock does not protect); "
+                "refusing to save there. Restart the run to take the new directory"
+            )
+        try:
+            lst = os.stat(self.root / LOCK_FILE, follow_symlinks=False)
+        except OSError:
+            lst = None
+        if lst is None or (lst.st_dev, lst.st_ino) != self.file_id:
+            raise LockLostError(
+                f"{display_path(self.root / LOCK_FILE)!r} was deleted or replaced while this "
+                "run held it, so another process may lock the new file and write too; "
+                "refusing to save. Restart the run"
+            )
+
+    def release(self) -> None:
+        with _guard:
+            if self.fd >= 0 and self.pid == os.getpid():
+                if _held.get(self.directory_id) is self:
+                    del _held[self.directory_id]
+                os.close(self.fd)  # the last descriptor of the open file: drops the flock
+            self.fd = -1
+
+    def __enter__(self) -> WriterLock:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "held" if self.held else "not held"
+        return f"WriterLock({display_path(self.root)!r}, pid {self.pid}, {state})"
+
+
+def acquire_writer_lock(root: Path) -> WriterLock:
+    """Take the writer lock ``<root>/ckpt.lock`` (root is created if missing).
+
+    Raises:
+        CheckpointLockedError: another process holds it, or another engine of this
+            process does (one writer per directory, also within a process).
+        UnsafeFileError: ``ckpt.lock`` is a symlink, FIFO, device or directory (it is
+            never followed: a planted link must not make us truncate its target).
+        OSError: the directory or lock file cannot be created or opened.
     """
     import fcntl
 
-    layout.root.mkdir(parents=True, exist_ok=True)
-    key = os.path.realpath(layout.lock_file)
-    with _locks_guard:
-        if key in _locks:
-            _locks[key][1] += 1
-            return key, False
-        fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            try:
-                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
-            finally:
-                os.close(fd)
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    where = display_path(root)
+    # Open the lock file relative to a descriptor of the directory: the key and the lock
+    # file are then of the same directory, and no absolute path is ever built.
+    dfd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        dst = os.fstat(dfd)
+        directory_id = (dst.st_dev, dst.st_ino)
+        with _guard:
+            mine = _held.get(directory_id)
+            if mine is not None and mine.held:
                 raise CheckpointLockedError(
-                    f"checkpoint directory {str(layout.root)!r} is in use by another process "
-                    f"({holder}); only one writer may use it at a time. Use another "
-                    "ckpt_directory, or wait for that run to end."
-                ) from None
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(
-            fd,
-            f"pid {os.getpid()} on {socket.gethostname()} since "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(),
-            0,
-        )
-        _locks[key] = [fd, 1]
-        return key, True
+                    f"checkpoint directory {where!r} is already held by this process "
+                    f"(pid {os.getpid()}): another engine writes it. Only one writer may use "
+                    "a directory at a time, also within a process; close() the other engine "
+                    "first, or use another ckpt_directory"
+                )
+            fd = open_regular(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644,
+                              f"the lock file {where}/{LOCK_FILE}", dir_fd=dfd)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as err:
+                    if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                        raise
+                    try:
+                        raw = os.pread(fd, 200, 0)
+                    except OSError:
+                        raw = b""
+                    holder = printable(raw.decode("utf-8", "replace").strip()) or "unknown"
+                    raise CheckpointLockedError(
+                        f"checkpoint directory {where!r} is in use by another process "
+                        f"({holder}); only one writer may use it at a time. Use another "
+                        "ckpt_directory, or wait for that run to end."
+                    ) from None
+                fst = os.fstat(fd)
+                # A hard link planted as ckpt.lock would make the truncation below hit
+                # another file's data: only a file of ours (one link) records the holder.
+                if fst.st_nlink == 1:
+                    os.ftruncate(fd, 0)
+                    os.pwrite(
+                        fd,
+                        f"pid {os.getpid()} on {socket.gethostname()} since "
+                        f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(),
+                        0,
+                    )
+            except BaseException:
+                os.close(fd)
+                raise
+            lock = WriterLock(root, fd, directory_id, (fst.st_dev, fst.st_ino))
+            _held[directory_id] = lock
+            return lock
+    finally:
+        os.close(dfd)
+
+
+def _forget_locks_in_child() -> None:
+    """After fork(): the child holds no lock (its copies of the descriptors are closed).
+
+    Closing them does not unlock the parent (flock belongs to the open file, which the
+    parent still has open); it only stops the child from keeping the lock alive after
+    the parent dies. The WriterLock objects the child inherited fail ``check()``.
+    """
+    global _guard
+    _guard = threading.RLock()  # another thread may have held it at the fork
+    for lock in list(_held.values()):
+        try:
+            os.close(lock.fd)
+        except OSError:
+            pass
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks_in_child)
+
+_by_key: dict[str, WriterLock] = {}
+
+
+def acquire_lock(layout: Layout) -> tuple[str, bool]:
+    """Take the writer lock of a checkpoint directory (older API; see WriterLock).
+
+    Returns:
+        The key for :func:`release_lock`, and True (a process never shares the lock
+        between engines any more; the second one gets CheckpointLockedError).
+    """
+    lock = acquire_writer_lock(layout.root)
+    _by_key[lock.key] = lock
+    return lock.key, True
+
+
+def held_lock(key: str) -> WriterLock | None:
+    """The WriterLock behind a key from :func:`acquire_lock` (None once released)."""
+    lock = _by_key.get(key)
+    return lock if lock is not None and lock.held else None
 
 
 def release_lock(key: str) -> None:
-    with _locks_guard:
-        held = _locks.get(key)
-        if held is None:
-            return
-        held[1] -= 1
-        if held[1] <= 0:
-            del _locks[key]
-            os.close(held[0])  # closing the descriptor drops the flock
+    lock = _by_key.pop(key, None)
+    if lock is not None:
+        lock.release()
 
 
 # ---------------------------------------------------------------------------------------
@@ -235,27 +477,67 @@ class Committer:
         self.log = log
 
     def recover(self) -> None:
-        """Clean what a crash may have left: a stale work/, asides, half-deleted dirs."""
+        """Clean what a crash may have left: a stale work/, asides, half-deleted dirs.
+
+        Never raises for what it cannot remove (an NFS ``.nfs*`` file, a read-only
+        entry): it says so in the log; the next save raises if work/ is still in the way.
+        """
         work = self.layout.work
         if os.path.lexists(work):
-            self.log(f"removing stale work directory {work} left by an interrupted save")
-            _rmtree(work)
+            self.log(f"removing stale work directory {display_path(work)} left by an "
+                     "interrupted save")
+            self._try_remove(work)
         for path in self.layout.leftovers():
             name = path.name
             if name.startswith(_ASIDE_PREFIX):
                 epoch = parse_epoch(name[len(_ASIDE_PREFIX):].split(".")[0])
-                if epoch is not None and not os.path.lexists(self.layout.epoch_dir(epoch)):
+                if epoch is not None and not os.path.lexists(self.layout.epoch_dir(epoch)) \
+                        and _is_real_dir(path):
                     # Crash between move-aside and rename: put the old checkpoint back.
-                    os.rename(path, self.layout.epoch_dir(epoch))
-                    self.log(f"restored {self.layout.epoch_dir(epoch)} moved aside by a crash")
+                    try:
+                        os.rename(path, self.layout.epoch_dir(epoch))
+                    except OSError as err:
+                        self.log(f"could not restore {display_path(path)} moved aside by a "
+                                 f"crash: {printable(err)}")
+                        continue
+                    self.log(f"restored {display_path(self.layout.epoch_dir(epoch))} moved "
+                             "aside by a crash")
                     continue
-            self.log(f"removing leftover {path}")
-            _rmtree(path)
+            self.log(f"removing leftover {display_path(path)}")
+            self._try_remove(path)
         for name in ("last", "best"):
             for tmp in self.layout.base.glob(f".{name}.tmp-*"):
-                tmp.unlink(missing_ok=True)
-        if self.layout.epochs_dir.is_dir():
-            fsync_dir(self.layout.epochs_dir)
+                self._try_remove(tmp)
+        if _is_real_dir(self.layout.epochs_dir):
+            try:
+                fsync_dir(self.layout.epochs_dir)
+            except OSError as err:
+                self.log(f"fsync of {display_path(self.layout.epochs_dir)} failed: "
+                         f"{printable(err)}")
+
+    def _try_remove(self, path: Path) -> None:
+        try:
+            _rmtree(path)
+        except OSError as err:
+            self.log(f"could not remove {display_path(path)}: {printable(err)}; it is "
+                     "retried by the next engine on this directory")
+
+    def purge_deletions(self) -> list[CheckpointDeleteError]:
+        """Retry removing checkpoints the keep policy unlisted but could not remove.
+
+        ``.deleting-*`` entries in ``epochs/`` are no longer checkpoints (restart never
+        sees them); this only frees their space. Returns what still failed (never raises).
+        """
+        failed = []
+        for path in self.layout.leftovers():
+            if not path.name.startswith(_DELETING_PREFIX):
+                continue
+            try:
+                _rmtree(path)
+            except OSError as err:
+                failed.append(_delete_error(err, f"removing {display_path(path)} (a "
+                                            "checkpoint already unlisted) failed", path))
+        return failed
 
     def new_work(self) -> Path:
         work = self.layout.work
@@ -271,48 +553,55 @@ class Committer:
         write_json_durable(path, info)
         _step("info-written")
 
-    def publish(self, epoch: int, work: Path) -> Path:
-        """Rename work/ to epochs/NNN, moving an existing epochs/NNN aside first."""
-        target = self.layout.epoch_dir(epoch)
+    def publish(self, epoch: int, work: Path, batch: int = 0) -> Path:
+        """Rename work/ to epochs/NNN (or NNN+BBBBBB), moving an existing one aside first."""
+        target = self.layout.epoch_dir(epoch, batch)
         aside: Path | None = None
         if os.path.lexists(target):
-            self._unpoint_redone(epoch)
+            self._unpoint_redone(epoch, batch)
             aside = self.layout.epochs_dir / f"{_ASIDE_PREFIX}{target.name}"
             if os.path.lexists(aside):
                 _rmtree(aside)
             os.rename(target, aside)
-            self.log(f"moved aside {target} (epoch {epoch} is being re-done)")
+            self.log(f"moved aside {display_path(target)} (epoch {epoch} is being re-done)")
             _step("aside-moved")
         os.rename(work, target)
         _step("renamed")
         fsync_dir(self.layout.epochs_dir)
         _step("epochs-synced")
         if aside is not None:
-            _rmtree(aside)
+            # The new checkpoint is in place: failing to free the old one's space is not a
+            # failed save. recover() (next engine) removes the aside.
+            try:
+                _rmtree(aside)
+            except OSError as err:
+                self.log(f"could not remove {display_path(aside)}: {printable(err)}; the "
+                         "next engine on this directory retries")
             _step("aside-deleted")
         return target
 
-    def _unpoint_redone(self, epoch: int) -> None:
+    def _unpoint_redone(self, epoch: int, batch: int = 0) -> None:
         """``last`` must never point at a directory being moved aside."""
+        key = CkptKey(epoch, batch)
         for name in ("last", "best"):
             p = self.layout.read_pointer(name)
-            if p.epoch != epoch:
+            if p.key != key:
                 continue
             if name == "best":
                 self.remove_pointer("best")
                 continue
-            older = [e for e in self.layout.complete_epochs() if e < epoch]
+            older = [k for k in self.layout.complete_keys() if k < key]
             if older:
-                self.point("last", older[-1])
-                self.log(f"re-pointed last at epoch {older[-1]} while epoch {epoch} is re-done")
+                self.point("last", older[-1].epoch, older[-1].batch)
+                self.log(f"re-pointed last at {older[-1].name} while {key.name} is re-done")
             else:
                 self.remove_pointer("last")
                 self.log(f"removed last (pointed at epoch {epoch}, which is being re-done)")
 
-    def point(self, name: str, epoch: int) -> None:
+    def point(self, name: str, epoch: int, batch: int = 0) -> None:
         """Atomically point ``last``/``best`` at epochs/NNN with a relative link."""
         base = self.layout.base
-        rel = self.layout.pointer_text(epoch)
+        rel = self.layout.pointer_text(epoch, batch)
         tmp = base / f".{name}.tmp-{os.getpid()}"
         if os.path.lexists(tmp):
             tmp.unlink()
@@ -322,45 +611,96 @@ class Committer:
             if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
                 raise
             # Filesystems without symlinks: a small text file holding the same path.
-            with open(tmp, "w", encoding="utf-8") as f:
+            with os.fdopen(create_exclusive(tmp), "w", encoding="utf-8") as f:
                 f.write(rel + "\n")
                 f.flush()
                 os.fsync(f.fileno())
         existing = base / name
-        if existing.is_dir() and not existing.is_symlink():
+        if _is_real_dir(existing):
+            os.unlink(tmp)
             raise CheckpointWriteError(
                 errno.EISDIR,
-                f"{existing} is a plain directory where a link belongs; move it away "
-                "(candle-ckpt will not delete it)",
+                f"{display_path(existing)} is a plain directory where a link belongs; move "
+                "it away (candle-ckpt will not delete it)",
                 str(existing),
             )
         os.replace(tmp, existing)
-        fsync_dir(base)
+        # The link is in place (for last, the commit point): a failing directory fsync
+        # must not turn a committed save into a failed one. Durability is then the
+        # filesystem's; say so.
+        try:
+            fsync_dir(base)
+        except OSError as err:
+            self.log(f"{name} -> {rel} is in place, but fsync of {display_path(base)} "
+                     f"failed: {printable(err)}")
         _step(f"{name}-linked")
 
     def remove_pointer(self, name: str) -> None:
         path = self.layout.base / name
-        if os.path.lexists(path) and not (path.is_dir() and not path.is_symlink()):
+        if os.path.lexists(path) and not _is_real_dir(path):
             path.unlink()
             fsync_dir(self.layout.base)
 
-    def delete_epoch(self, epoch: int) -> None:
-        """Delete a checkpoint: rename first so a crash never leaves half of one listed."""
-        target = self.layout.epoch_dir(epoch)
+    def delete_epoch(self, epoch: int, batch: int = 0) -> None:
+        """Delete a checkpoint: rename first so a crash never leaves half of one listed.
+
+        Raises:
+            CheckpointDeleteError: the rename failed (EBUSY, EPERM, EACCES, ``chattr +i``:
+                the checkpoint stays listed and intact), or it was unlisted but its
+                files could not all be removed (ENOTEMPTY from NFS ``.nfs*`` files of
+                open descriptors ...: :meth:`purge_deletions` retries). Only ever called
+                after the commit point: the caller logs it and carries on.
+        """
+        target = self.layout.epoch_dir(epoch, batch)
         if not os.path.lexists(target):
             return
-        doomed = self.layout.epochs_dir / f"{_DELETING_PREFIX}{target.name}"
-        if os.path.lexists(doomed):
-            _rmtree(doomed)
-        os.rename(target, doomed)
-        fsync_dir(self.layout.epochs_dir)
+        # A unique name: a stuck earlier deletion of the same epoch must not block this one.
+        doomed = self.layout.epochs_dir / (
+            f"{_DELETING_PREFIX}{target.name}.{os.getpid()}.{next(_deletions)}")
+        try:
+            os.rename(target, doomed)
+        except OSError as err:
+            raise _delete_error(err, f"keep policy: deleting epoch {epoch} failed; "
+                                f"{display_path(target)} stays in place (still a valid "
+                                "checkpoint)", target) from err
+        try:
+            fsync_dir(self.layout.epochs_dir)
+        except OSError as err:
+            self.log(f"fsync of {display_path(self.layout.epochs_dir)} failed: "
+                     f"{printable(err)}")
         _step("epoch-unlisted")
-        _rmtree(doomed)
+        try:
+            _rmtree(doomed)
+        except OSError as err:
+            raise _delete_error(err, f"keep policy: epoch {epoch} is unlisted (renamed to "
+                                f"{display_path(doomed)}) but not all of it could be "
+                                "removed; purge_deletions() retries", doomed) from err
         _step("epoch-deleted")
 
 
+_deletions = itertools.count(1)
+
+
+def _delete_error(err: OSError, what: str, path: Path) -> CheckpointDeleteError:
+    where = err.filename if err.filename is not None else os.fspath(path)
+    return CheckpointDeleteError(
+        err.errno or 0,
+        f"{what}: {err.strerror or err} ({printable(where)})",
+        where,
+    )
+
+
+def _is_real_dir(path: Path) -> bool:
+    """A directory itself, not a link to one (never raises)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _rmtree(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
+    """Remove a file, a link (not its target) or a directory tree (links not followed)."""
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        os.unlink(path)
     else:
-        shutil.rmtree(path, ignore_errors=False)
+        shutil.rmtree(path)

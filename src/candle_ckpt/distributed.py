@@ -38,7 +38,7 @@ from typing import Any
 from .backend import Backend
 from .commit import FileSink
 from .errors import CheckpointMismatchError, CheckpointWriteError, CkptError, CkptParamError
-from .layout import INFO_FILE
+from .layout import INFO_FILE, CkptKey
 from .params import DISTRIBUTED_METRICS
 from .record import SaveRecord, to_info
 from .restorer import BestSoFar, RestartResult, Restorer
@@ -124,6 +124,14 @@ def decide_together(coord: Coordinator, decide: Callable[[float | None], SaveRec
     return result
 
 
+def agree_on_stop(coord: Coordinator, due: Any, interval_due: bool) -> tuple[Any, bool]:
+    """Mid-epoch saves (``ckpt_batch``) together: a stop due on any rank (a signal reaches
+    one rank first, clocks differ) is a stop on all; the lowest such rank's reason."""
+    outcomes = coord.all_gather((due, interval_due))
+    first = next((d for d, _ in outcomes if d is not None), None)
+    return first, any(i for _, i in outcomes)
+
+
 @dataclass(frozen=True)
 class CaptureFailed:
     """A rank's capture raised: its snapshot, so that the save fails on every rank."""
@@ -202,7 +210,7 @@ class DistributedSaver(Saver):
         outcomes = coord.all_gather(outcome)
 
         failure = next((o for o in outcomes if isinstance(o, _Failure)), None)
-        directory = self.layout.epoch_dir(epoch)
+        directory = self.layout.epoch_dir(epoch, record.batch)
         if coord.is_writer:
             if failure is None:
                 try:
@@ -234,9 +242,10 @@ class DistributedSaver(Saver):
                 0, f"backend reported model file {written.model_file!r} that it did not write")
         info = to_info(record, written, dict(sorted(files.items())))
         self.committer.write_info(self.layout.work / INFO_FILE, info)
-        self.committer.publish(record.epoch, self.layout.work)
-        self._point_best(record)
-        self.committer.point("last", record.epoch)  # the commit point
+        self.committer.publish(record.epoch, self.layout.work, record.batch)
+        if not record.batch:  # a mid-epoch checkpoint is never the best
+            self._point_best(record)
+        self.committer.point("last", record.epoch, record.batch)  # the commit point
 
     def _raise(self, failure: _Failure | None, epoch: int) -> None:
         if failure is not None:
@@ -252,7 +261,7 @@ class DistributedSaver(Saver):
 class _Candidate:
     """Rank 0's verdict on one checkpoint: skip it (why), or try it (where, its info)."""
 
-    epoch: int
+    key: CkptKey
     directory: str
     info: dict[str, Any] | None
     best: BestSoFar | None
@@ -284,13 +293,13 @@ def restart_together(coord: Coordinator, restorer: Restorer, backend: Backend,
         raise plan
     where, candidates = plan
     skipped: list[dict[str, Any]] = []
-    for epoch in candidates:
+    for key in candidates:
         candidate = None
         if coord.is_writer:
-            candidate = _judge(restorer, where.layout, epoch)
+            candidate = _judge(restorer, where.layout, key)
         candidate = coord.broadcast(candidate)
         if candidate.skip is not None:
-            skipped.append({"epoch": epoch, "path": candidate.directory,
+            skipped.append({"epoch": key.epoch, "batch": key.batch, "path": candidate.directory,
                             "reason": candidate.skip})
             restorer.log.warning(f"not restarting from {candidate.directory}: {candidate.skip}")
             continue
@@ -312,7 +321,8 @@ def restart_together(coord: Coordinator, restorer: Restorer, backend: Backend,
         damaged = [o[1] for o in outcomes if o is not None]
         if damaged:
             reason = "; ".join(damaged)
-            skipped.append({"epoch": epoch, "path": str(directory), "reason": reason})
+            skipped.append({"epoch": key.epoch, "batch": key.batch, "path": str(directory),
+                            "reason": reason})
             restorer.log.warning(f"not restarting from {directory}: {reason}")
             continue
         assert restored is not None and candidate.info is not None
@@ -321,13 +331,17 @@ def restart_together(coord: Coordinator, restorer: Restorer, backend: Backend,
         for note in restored.apply():
             restorer.log.warning(note)
         J = dict(candidate.info)
+        J["epoch"] = key.epoch
+        J["batch"] = key.batch  # always present: 0 for an epoch-end checkpoint
         J["restarted_from"] = str(directory)
         J["skipped"] = skipped
         best = candidate.best or BestSoFar(None, None)
         if verbose:
-            restorer.log.info(f"restarted from {directory} (epoch {epoch}; rank {coord.rank} "
-                              f"of {coord.world_size}; best={best.value} at epoch {best.epoch})")
-        return RestartResult(J, epoch, directory, best)
+            where_in = f"epoch {key.epoch}" + (
+                f" + {key.batch} batches of the next (mid-epoch)" if key.partial else "")
+            restorer.log.info(f"restarted from {directory} ({where_in}; rank {coord.rank} of "
+                              f"{coord.world_size}; best={best.value} at epoch {best.epoch})")
+        return RestartResult(J, key.epoch, directory, best, key.batch)
     failure: BaseException | None = None
     if coord.is_writer:
         why = where.why if not candidates else "every checkpoint failed validation"
@@ -341,10 +355,10 @@ def restart_together(coord: Coordinator, restorer: Restorer, backend: Backend,
     return None
 
 
-def _judge(restorer: Restorer, layout: Any, epoch: int) -> _Candidate:
-    directory = layout.epoch_dir(epoch)
-    checked = restorer.check(layout, epoch)
+def _judge(restorer: Restorer, layout: Any, key: CkptKey) -> _Candidate:
+    directory = layout.epoch_dir(key.epoch, key.batch)
+    checked = restorer.check(layout, key)
     if isinstance(checked, str):
-        return _Candidate(epoch, str(directory), None, None, checked)
+        return _Candidate(key, str(directory), None, None, checked)
     info, best = checked
-    return _Candidate(epoch, str(directory), info, best, None)
+    return _Candidate(key, str(directory), info, best, None)

@@ -22,15 +22,17 @@ from .distributed import (
     CaptureFailed,
     Coordinator,
     DistributedSaver,
+    agree_on_stop,
     decide_together,
     restart_together,
 )
 from .errors import CheckpointCorruptError, CkptParamError
 from .integrity import DEFAULT_ALGORITHM, DISABLED, checksum_file
-from .layout import INFO_FILE, Layout, read_info_file
+from .layout import INFO_FILE, CkptKey, Layout, read_info_file
 from .logs import CkptLog, check_logger, relpath
 from .params import ParamType
 from .policy import BestTracker, best_direction, should_save
+from .preempt import Preemption
 from .record import SaveRecord, Written, as_metric, to_info
 from .restorer import Restorer
 from .saver import AsyncSaver, KeepRule, Saver
@@ -73,6 +75,7 @@ class CandleCkpt:
         self._async = AsyncSaver(self._saver) if self.settings.async_save else None
         self._restorer = Restorer(self.settings.directory, self.restart_mode,
                                   self.checksum_enabled, self._log)
+        self._preempt = Preemption(self.settings, self._log)
         self._time_last: float | None = None
         self.restart_info: dict[str, Any] | None = None
         self._lock_key: str | None = None
@@ -186,6 +189,7 @@ class CandleCkpt:
             f"interval={s.save_interval} skip={s.skip_epochs} keep={s.keep_mode}/"
             f"{s.keep_limit} checksum={s.checksum} backend={self.backend_name}"
         )
+        self.info(self._preempt.describe())
         if s.save_interval == 0:
             self.info("ckpt_save_interval=0: no checkpoint is saved in this run (no interval, "
                       "best or final-epoch checkpoints); restart still reads existing ones")
@@ -228,6 +232,9 @@ class CandleCkpt:
         try:
             self.wait()
         finally:
+            preempt = getattr(self, "_preempt", None)
+            if preempt is not None:
+                preempt.stop()
             key, self._lock_key = getattr(self, "_lock_key", None), None
             if key is not None:
                 release_lock(key)
@@ -275,6 +282,10 @@ class CandleCkpt:
         epoch_now = _epoch_arg(epoch) + 1
         sign = self.direction.sign if direction is None else _direction(direction)
         metric = _metric(metric_value)
+        if self._preempt.stop_requested:
+            self.info(f"epoch {epoch_now}: not saved as complete; training was stopped "
+                      "mid-epoch (its mid-epoch checkpoint is the one to resume from)")
+            return False
         self._ensure_lock()
         self.wait()  # at most one save in flight; capture may reuse the previous buffers
         if self._dist is None:
@@ -285,11 +296,47 @@ class CandleCkpt:
                 self.settings.distributed_metric)
         if record is None:
             return False
-        if self._async is not None:
+        self._start_save(record)
+        return True
+
+    def _start_save(self, record: SaveRecord, durable: bool = False) -> None:
+        """Save a record: in the background with ckpt_async, unless ``durable`` is needed."""
+        self._preempt.saved()
+        if self._async is not None and not durable:
             self._async.submit(record, self._capture(live=False))
         else:
             self._saver.save(record, self._capture(live=True))
             self._adopt(record)
+
+    def ckpt_batch(self, epoch: int, batch: int) -> bool:
+        """Call after each optimizer step: saves mid-epoch when a stop or a time save is due.
+
+        ``epoch`` and ``batch`` are 0-based, like ``ckpt_epoch``'s: the epoch being trained
+        and the batch just done. On a stop signal (``ckpt_signals``) or near the
+        wall-clock limit, a mid-epoch checkpoint is committed and True returned: end the
+        training loop. ``ckpt_save_interval_seconds`` saves return False (keep going).
+        """
+        due, interval_due = self._preempt.due(), self._preempt.interval_due()
+        if self._dist is not None and self._preempt.may_fire:
+            due, interval_due = agree_on_stop(self._dist, due, interval_due)
+        if due is None and not interval_due:
+            return False
+        if self._preempt.stop_requested:
+            return True  # saved already; the loop should have stopped
+        epoch_done, batches = _epoch_arg(epoch), _epoch_arg(batch, "batch") + 1
+        self._ensure_lock()
+        self.wait()
+        reason = due.reason if due is not None else (
+            f"ckpt_save_interval_seconds={self._preempt.interval:g}")
+        record = self._record(epoch_done, None, False, self._best, batch=batches, reason=reason)
+        self._start_save(record, durable=due is not None)
+        if due is None:
+            return False
+        self._preempt.stop_requested = True
+        self.warning(f"{reason}: saved a mid-epoch checkpoint (epoch {epoch_done} + {batches} "
+                     "batches); stopping training")
+        if self._writer:  # one requeue per job, not one per rank
+            self._preempt.after_stop_save(due)
         return True
 
     def _capture(self, live: bool) -> Any:
@@ -301,6 +348,11 @@ class CandleCkpt:
             return self.backend.capture(live)
         except Exception as err:
             return CaptureFailed(err)
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once a stop-save was committed: the training loop should end."""
+        return self._preempt.stop_requested
 
     def _decide(self, epoch: int, sign: str, metric: float | None) -> SaveRecord | None:
         """The record of a save of ``epoch``, or None when the policies say no."""
@@ -316,14 +368,14 @@ class CandleCkpt:
         return self._record(epoch, metric, is_best, best)
 
     def _record(self, epoch: int, metric: float | None, is_best: bool,
-                best: BestTracker) -> SaveRecord:
+                best: BestTracker, batch: int = 0, reason: str = "") -> SaveRecord:
         return SaveRecord(
             epoch=epoch, metric_value=metric, is_best=is_best, best_metric_last=best.value,
             epoch_best=best.epoch, save_best_metric=self.save_best_metric,
             best_mode=self.direction.mode,
             checksum_algorithm=DEFAULT_ALGORITHM if self.checksum_enabled else None,
             metadata=self.metadata, backend=self.backend_name, time=time.time(),
-            time_previous=self._time_last)
+            time_previous=self._time_last, batch=batch, reason=reason)
 
     def _adopt(self, record: SaveRecord) -> None:
         """A save was committed: its best is now the best so far."""
@@ -407,6 +459,8 @@ class CandleCkpt:
             return None
         self.restart_info = result.J
         self._saver.resumed_from = result.epoch
+        if result.batch:  # a mid-epoch checkpoint is superseded by this run's next one
+            self._saver.run_partials.append(CkptKey(result.epoch, result.batch))
         if self.settings.best_metric_last is None:
             self._best = BestTracker(self._best.sign, result.best.value, result.best.epoch)
         return result.J
@@ -460,14 +514,14 @@ def _direction(direction: Any) -> str:
     return str(direction)
 
 
-def _epoch_arg(epoch: Any) -> int:
-    """The 0-based epoch argument of ckpt_epoch, as an int, or a clear error."""
+def _epoch_arg(epoch: Any, name: str = "epoch") -> int:
+    """A 0-based epoch (or batch) index argument, as an int, or a clear error."""
     if isinstance(epoch, bool) or not hasattr(epoch, "__index__") and not (
             isinstance(epoch, float) and epoch.is_integer()):
-        raise CkptParamError(f"epoch: value {epoch!r} is not accepted; pass the 0-based "
-                             "index of the epoch just completed (an int >= 0)")
+        raise CkptParamError(f"{name}: value {epoch!r} is not accepted; pass a 0-based "
+                             f"{name} index (an int >= 0)")
     value = int(epoch)
     if value < 0:
-        raise CkptParamError(f"epoch: value {value} is negative; pass the 0-based index of "
-                             "the epoch just completed (an int >= 0)")
+        raise CkptParamError(f"{name}: value {value} is negative; pass a 0-based {name} "
+                             "index (an int >= 0)")
     return value

@@ -10,8 +10,13 @@ would naturally catch, so ``except ValueError`` and ``except CkptError`` both wo
           ├── CheckpointNotFoundError   (+ FileNotFoundError) nothing usable to restart from
           ├── CheckpointCorruptError    (+ ValueError)     size / checksum / JSON / link problems
           ├── CheckpointMismatchError   (+ ValueError)     checkpoint does not fit the model
-          ├── CheckpointLockedError     (+ BlockingIOError) another process writes the directory
+          ├── CheckpointLockedError     (+ BlockingIOError) another writer holds the directory
+          │    └── LockLostError                           the lock no longer protects this writer
+          │                                                (forked child, directory replaced)
           ├── CheckpointWriteError      (+ OSError)        a save failed (disk full, ...)
+          ├── CheckpointDeleteError     (+ OSError)        the keep policy could not delete one
+          ├── UnsafeFileError           (+ OSError)        a link / FIFO / device where a
+          │                                                regular file of ours belongs
           └── MetricNotFoundError       (+ KeyError)       best metric missing from the epoch's logs
 """
 
@@ -50,8 +55,33 @@ class CheckpointLockedError(CkptError, BlockingIOError):
     """Another process holds the checkpoint directory."""
 
 
+class LockLostError(CheckpointLockedError):
+    """The writer lock no longer protects this writer.
+
+    Raised by ``WriterLock.check()`` in a forked child of the lock holder (the child never
+    holds the lock), and when the locked directory or its ``ckpt.lock`` was deleted or
+    replaced while the writer ran (another process could now lock the new one).
+    """
+
+
 class CheckpointWriteError(CkptError, OSError):
     """Writing a checkpoint failed; earlier checkpoints and ``last`` are untouched."""
+
+
+class CheckpointDeleteError(CkptError, OSError):
+    """Deleting an old checkpoint failed (EBUSY, EPERM, ENOTEMPTY, NFS ``.nfs*`` files).
+
+    Only ever raised after the commit point: the new checkpoint and ``last`` are in
+    place, so a caller logs it and retries later; ``errno``/``filename`` are set.
+    """
+
+
+class UnsafeFileError(CkptError, OSError):
+    """A symlink, FIFO, device or directory where candle-ckpt expects its regular file.
+
+    Raised instead of following the link or opening the special file (which could
+    truncate a file elsewhere, or hang); ``filename`` names the path.
+    """
 
 
 class MetricNotFoundError(CkptError, KeyError):
@@ -69,5 +99,8 @@ __all__ = [
     "CheckpointCorruptError",
     "CheckpointLockedError",
     "CheckpointWriteError",
+    "CheckpointDeleteError",
+    "LockLostError",
+    "UnsafeFileError",
     "MetricNotFoundError",
 ]

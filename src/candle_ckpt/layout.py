@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ INFO_FILE = "ckpt-info.json"
 LOG_FILE = "ckpt.log"
 LOCK_FILE = "ckpt.lock"
 POINTERS = ("last", "best")
-_EPOCH_RE = re.compile(r"^[0-9]+$")
+_EPOCH_RE = re.compile(r"[0-9]+", re.ASCII)
+MAX_INFO_BYTES = 64 << 20  # far above any real ckpt-info.json; bounds what a bad one costs
+_MAX_POINTER_BYTES = 4096
 _ASIDE_PREFIX = ".aside-"
 _DELETING_PREFIX = ".deleting-"
 
@@ -32,7 +35,70 @@ def epoch_name(epoch: int) -> str:
 
 
 def parse_epoch(name: str) -> int | None:
-    return int(name) if _EPOCH_RE.match(name) else None
+    """The epoch of a directory name written by :func:`epoch_name`, else None.
+
+    Only the canonical spelling counts ("007", "1000"; not "7", "0007", "007\\n"):
+    ``epoch_dir(parse_epoch(name))`` must be that very directory.
+    """
+    if not isinstance(name, str) or len(name) > 40 or not _EPOCH_RE.fullmatch(name):
+        return None
+    epoch = int(name)
+    return epoch if epoch_name(epoch) == name else None
+
+
+_PARTIAL_RE = re.compile(r"([0-9]+)\+([0-9]{6,})", re.ASCII)
+
+
+@dataclass(frozen=True, order=True)
+class CkptKey:
+    """Which checkpoint: ``epoch`` completed epochs, plus ``batch`` batches of the next.
+
+    ``batch`` is 0 for an epoch-end checkpoint (``epochs/NNN``); a mid-epoch one (saved
+    on a pre-emption signal or a time-based save) is ``epochs/NNN+BBBBBB``, which sorts
+    after epoch NNN's and before NNN+1's, and which no reader of complete epochs takes
+    for one.
+    """
+
+    epoch: int
+    batch: int = 0
+
+    @property
+    def partial(self) -> bool:
+        return self.batch > 0
+
+    @property
+    def name(self) -> str:
+        return epoch_name(self.epoch) + (f"+{self.batch:06d}" if self.batch else "")
+
+    def __str__(self) -> str:
+        return f"{self.epoch}+{self.batch}" if self.batch else str(self.epoch)
+
+
+def parse_key(name: str) -> CkptKey | None:
+    """The checkpoint a directory name under ``epochs/`` stands for, else None."""
+    epoch = parse_epoch(name)
+    if epoch is not None:
+        return CkptKey(epoch)
+    if not isinstance(name, str) or len(name) > 60:
+        return None
+    m = _PARTIAL_RE.fullmatch(name)
+    if m is None:
+        return None
+    key = CkptKey(int(m.group(1)), int(m.group(2)))
+    return key if key.partial and key.name == name else None
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path, follow_symlinks=False)
+    except (OSError, ValueError):  # ValueError: an embedded NUL
+        return None
+
+
+def is_real_dir(path: Path) -> bool:
+    """A directory itself, not a link to one; False when it cannot be looked at."""
+    st = _lstat(path)
+    return st is not None and stat.S_ISDIR(st.st_mode)
 
 
 @dataclass(frozen=True)
@@ -51,10 +117,15 @@ class Pointer:
     epoch: int | None = None
     problem: str | None = None
     reanchored: bool = False
+    batch: int = 0  # > 0: a mid-epoch checkpoint (epochs/NNN+BBBBBB)
 
     @property
     def ok(self) -> bool:
         return self.epoch is not None and self.problem is None
+
+    @property
+    def key(self) -> CkptKey | None:
+        return None if self.epoch is None else CkptKey(self.epoch, self.batch)
 
 
 @dataclass(frozen=True)
@@ -116,39 +187,56 @@ class Layout:
     def lock_file(self) -> Path:
         return self.root / LOCK_FILE
 
-    def epoch_dir(self, epoch: int) -> Path:
-        return self.epochs_dir / epoch_name(epoch)
+    def epoch_dir(self, epoch: int, batch: int = 0) -> Path:
+        return self.epochs_dir / CkptKey(epoch, batch).name
 
-    def pointer_text(self, epoch: int) -> str:
-        """The relative target written into ``last``/``best`` for an epoch."""
-        return f"epochs/{epoch_name(epoch)}"
+    def pointer_text(self, epoch: int, batch: int = 0) -> str:
+        """The relative target written into ``last``/``best`` for a checkpoint."""
+        return f"epochs/{CkptKey(epoch, batch).name}"
+
+    def complete_keys(self) -> list[CkptKey]:
+        """Every complete checkpoint, epoch-end and mid-epoch, oldest first. Never raises."""
+        keys = []
+        for name in self._names():
+            key = parse_key(name)
+            if key is not None and is_real_dir(self.epochs_dir / name) \
+                    and self.is_complete(key.epoch, key.batch):
+                keys.append(key)
+        return sorted(keys)
+
+    def _names(self) -> list[str]:
+        try:
+            return os.listdir(self.epochs_dir)
+        except OSError:  # missing, unreadable, not a directory: nothing to list
+            return []
 
     def list_epochs(self) -> list[int]:
-        """Every ``epochs/NNN`` directory, complete or not, ascending."""
-        try:
-            names = os.listdir(self.epochs_dir)
-        except FileNotFoundError:
-            return []
+        """Every ``epochs/NNN`` directory, complete or not, ascending. Never raises.
+
+        A symlink named like an epoch is not a checkpoint (it is never followed).
+        """
         found = []
-        for name in names:
+        for name in self._names():
             n = parse_epoch(name)
-            if n is not None and (self.epochs_dir / name).is_dir():
+            if n is not None and is_real_dir(self.epochs_dir / name):
                 found.append(n)
         return sorted(found)
 
-    def is_complete(self, epoch: int) -> bool:
-        """``ckpt-info.json`` is written last: its presence marks the checkpoint complete."""
-        return (self.epoch_dir(epoch) / INFO_FILE).is_file()
+    def is_complete(self, epoch: int, batch: int = 0) -> bool:
+        """``ckpt-info.json`` is written last: its presence marks the checkpoint complete.
+
+        It must be a regular file; an epoch that cannot be looked into (``chmod 000``)
+        is not complete as far as anyone can tell. Never raises.
+        """
+        st = _lstat(self.epoch_dir(epoch, batch) / INFO_FILE)
+        return st is not None and stat.S_ISREG(st.st_mode)
 
     def complete_epochs(self) -> list[int]:
         return [e for e in self.list_epochs() if self.is_complete(e)]
 
     def leftovers(self) -> list[Path]:
         """Asides and half-deleted directories a crash may have left in ``epochs/``."""
-        try:
-            names = os.listdir(self.epochs_dir)
-        except FileNotFoundError:
-            return []
+        names = self._names()
         return sorted(
             self.epochs_dir / n
             for n in names
@@ -156,22 +244,37 @@ class Layout:
         )
 
     def read_pointer(self, name: str) -> Pointer:
-        """Read ``last`` or ``best`` without following it outside this layout."""
+        """Read ``last`` or ``best`` without following it outside this layout. Never raises.
+
+        ``epoch`` is set when the pointer names ``epochs/NNN`` of this layout and that
+        entry exists; whether it is a valid checkpoint (a real directory, ...) is for
+        ``integrity.check_checkpoint`` to say, so restart can fall back with a reason.
+        """
         path = self.base / name
-        if not os.path.lexists(path):
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
             return Pointer(name, path, "missing", problem="missing")
-        if path.is_symlink():
-            raw = os.readlink(path)
+        except (OSError, ValueError) as err:
+            return Pointer(name, path, "other", problem=f"cannot be looked at: {_why(err)}")
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                raw = os.readlink(path)
+            except OSError as err:
+                return Pointer(name, path, "symlink", problem=f"unreadable link: {_why(err)}")
             return self._resolve(Pointer(name, path, "symlink", raw=raw))
-        if path.is_dir():
+        if stat.S_ISDIR(st.st_mode):
             return Pointer(
                 name, path, "directory", problem="is a plain directory, not a link to epochs/NNN"
             )
-        if path.is_file():
+        if stat.S_ISREG(st.st_mode):
+            from .safeio import read_regular
+
             try:
-                raw = path.read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as err:
-                return Pointer(name, path, "file", problem=f"unreadable pointer file: {err}")
+                raw = read_regular(path, _MAX_POINTER_BYTES, "a pointer file").decode(
+                    "utf-8").strip()
+            except (OSError, ValueError) as err:
+                return Pointer(name, path, "file", problem=f"unreadable pointer file: {_why(err)}")
             return self._resolve(Pointer(name, path, "file", raw=raw))
         return Pointer(name, path, "other", problem="is neither a link nor a pointer file")
 
@@ -179,57 +282,90 @@ class Layout:
         raw = p.raw or ""
         if not raw:
             return _with(p, problem="empty pointer")
+        if "\0" in raw or "\n" in raw:
+            return _with(p, problem=f"escapes the tree: {_show(raw)} is not a path inside "
+                                    f"{_show(self.epochs_dir)}")
         target = Path(os.path.normpath(self.base / raw))  # an absolute raw wins the join
+        key = parse_key(target.name)
+        if key is not None and key.partial and _same_dir(target.parent, self.epochs_dir):
+            if _lstat(self.epoch_dir(key.epoch, key.batch)) is None:
+                return _with(p, epoch=None, problem=f"dangling: {_show(raw)} does not exist")
+            return _with(p, epoch=key.epoch, batch=key.batch)
         epoch = parse_epoch(target.name)
         in_tree = epoch is not None and _same_dir(target.parent, self.epochs_dir)
         if in_tree:
             assert epoch is not None
-            if not self.epoch_dir(epoch).is_dir():
-                return _with(p, epoch=None, problem=f"dangling: {raw} does not exist")
+            if _lstat(self.epoch_dir(epoch)) is None:
+                return _with(p, epoch=None, problem=f"dangling: {_show(raw)} does not exist")
             return _with(p, epoch=epoch)
         # The original wrote absolute links; after the tree was moved they dangle. If
         # the name ends in epochs/NNN and that exists here, re-anchor to it.
-        if (
-            os.path.isabs(raw)
-            and epoch is not None
-            and target.parent.name == "epochs"
-            and not os.path.exists(raw)
-            and self.epoch_dir(epoch).is_dir()
-        ):
+        missing = os.path.isabs(raw) and _lstat(Path(raw)) is None
+        if missing and epoch is not None and target.parent.name == "epochs" \
+                and is_real_dir(self.epoch_dir(epoch)):
             return _with(p, epoch=epoch, reanchored=True)
-        if os.path.isabs(raw) and not os.path.exists(raw):
-            return _with(p, problem=f"dangling: {raw} does not exist")
+        if missing:
+            return _with(p, problem=f"dangling: {_show(raw)} does not exist")
         return _with(
-            p, problem=f"escapes the tree: {raw} is not inside {self.epochs_dir}"
+            p, problem=f"escapes the tree: {_show(raw)} is not inside {_show(self.epochs_dir)}"
         )
 
-    def read_info(self, epoch: int) -> dict[str, Any]:
-        """Parse an epoch's ``ckpt-info.json`` (raises OSError / ValueError)."""
-        return read_info_file(self.epoch_dir(epoch) / INFO_FILE)
+    def read_info(self, epoch: int, batch: int = 0) -> dict[str, Any]:
+        """Parse a checkpoint's ``ckpt-info.json`` (raises OSError / ValueError)."""
+        return read_info_file(self.epoch_dir(epoch, batch) / INFO_FILE)
 
 
 def _with(p: Pointer, **changes: Any) -> Pointer:
     values = {f: getattr(p, f) for f in ("name", "path", "kind", "raw", "epoch", "problem",
-                                          "reanchored")}
+                                          "reanchored", "batch")}
     values.update(changes)
     return Pointer(**values)
 
 
 def _same_dir(a: Path, b: Path) -> bool:
+    """Same directory by (st_dev, st_ino): no realpath (PATH_MAX-deep cwds)."""
     try:
-        return os.path.realpath(a) == os.path.realpath(b)
-    except OSError:
+        return os.path.samestat(os.stat(a), os.stat(b))
+    except (OSError, ValueError):
         return False
 
 
+def _show(value: Any) -> str:
+    from .safeio import printable
+
+    return printable(os.fspath(value) if isinstance(value, os.PathLike) else value)
+
+
+def _why(err: BaseException) -> str:
+    return _show(getattr(err, "strerror", None) or err)
+
+
 def read_info_file(path: Path) -> dict[str, Any]:
-    """Read a ``ckpt-info.json``; non-JSON or a non-object raises ValueError."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    data = json.loads(text)  # tolerant: the original wrote Infinity for an unset best
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+    """Read a ``ckpt-info.json``.
+
+    Only a regular file is read (a symlink, FIFO or device is refused without being
+    opened), of at most ``MAX_INFO_BYTES``; it must be UTF-8 holding one JSON object.
+    Non-standard ``NaN``/``Infinity`` are accepted (the original wrote Infinity).
+
+    Raises:
+        OSError: it cannot be read (FileNotFoundError, PermissionError, UnsafeFileError
+            for a link or special file ...).
+        ValueError: anything wrong with its content: too large, not UTF-8, not JSON,
+            nested too deeply, an integer beyond Python's limit, not an object.
+    """
+    from .safeio import read_regular
+
+    data = read_regular(path, MAX_INFO_BYTES, INFO_FILE)
+    try:
+        text = data.decode("utf-8")
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{_show(path)}: JSON nested too deeply") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, int digits limit
+        raise ValueError(f"{_show(path)}: {_show(err)}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{_show(path)}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 @dataclass
@@ -242,10 +378,15 @@ class CheckpointSummary:
     info: dict[str, Any] | None = None
     error: str | None = None
     markers: list[str] = field(default_factory=list)
+    batch: int = 0  # > 0: a mid-epoch checkpoint (epochs/NNN+BBBBBB)
+
+    @property
+    def key(self) -> CkptKey:
+        return CkptKey(self.epoch, self.batch)
 
 
 def summarize(layout: Layout) -> list[CheckpointSummary]:
-    """Every epoch directory with its parsed info and last/best markers."""
+    """Every epoch directory with its parsed info and last/best markers. Never raises."""
     last = layout.read_pointer("last")
     best = layout.read_pointer("best")
     rows = []
@@ -255,7 +396,16 @@ def summarize(layout: Layout) -> list[CheckpointSummary]:
             try:
                 row.info = layout.read_info(e)
             except (OSError, ValueError) as err:
-                row.error = f"unreadable {INFO_FILE}: {err}"
+                row.error = f"unreadable {INFO_FILE}: {_why(err)}"
+        else:
+            try:
+                os.stat(layout.epoch_dir(e) / INFO_FILE, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                row.error = f"cannot be looked into: {_why(err)}"
+            else:
+                row.error = f"{INFO_FILE} is not a regular file"
         if last.ok and last.epoch == e:
             row.markers.append("last")
         if best.ok and best.epoch == e:

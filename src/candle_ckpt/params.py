@@ -215,6 +215,20 @@ CKPT_PARAMS: tuple[_Def, ...] = (
          "Initial best metric value (default: read from the checkpoint restarted from)"),
     _Def("ckpt_async", ParamType.BOOLEAN, False,
          "Write checkpoints in a background thread (the training thread only copies state)"),
+    _Def("ckpt_signals", ParamType.STRING, "auto",
+         "Signals that mean 'save now and stop' (e.g. 'SIGUSR1,SIGTERM' or 'none'); auto: "
+         "SIGUSR1 and SIGTERM under SLURM, none otherwise"),
+    _Def("ckpt_requeue", ParamType.STRING, "auto",
+         "After a stop-save under SLURM, 'scontrol requeue' the job: auto (when the signal "
+         "was SIGUSR1) | on | off", ("auto", "on", "off")),
+    _Def("ckpt_save_interval_seconds", ParamType.FLOAT_NN, 0.0,
+         "Also save at the first batch boundary this many seconds after the previous save "
+         "(0: off)"),
+    _Def("ckpt_walltime_end", ParamType.STRING, "auto",
+         "When the job ends (unix time or 'YYYY-MM-DD HH:MM:SS'); auto: SLURM_JOB_END_TIME "
+         "if set; none: no limit"),
+    _Def("ckpt_walltime_margin", ParamType.FLOAT_NN, 300.0,
+         "Save and stop this many seconds before ckpt_walltime_end"),
     _Def("ckpt_distributed_metric", ParamType.STRING, "mean",
          "torch.distributed: the metric the save decision uses, the ranks' mean or rank 0's: "
          "mean | rank0", DISTRIBUTED_METRICS),
@@ -241,6 +255,11 @@ class CkptSettings:
     save_weights_only: bool
     best_metric_last: float | None
     async_save: bool
+    signals: Any = "auto"  # as given (a string or a list); parsed by candle_ckpt.preempt
+    requeue: str = "auto"
+    save_interval_seconds: float = 0.0
+    walltime_end: str = "auto"
+    walltime_margin: float = 300.0
     distributed_metric: str = "mean"
 
 
@@ -255,7 +274,9 @@ def read_settings(gParameters: Any, *, epochs_required: bool = True) -> CkptSett
             f"gParameters: {type(gParameters).__name__} is not accepted; "
             "pass a dict or an argparse.Namespace"
         )
-    v = {d.name: param(gParameters, d.name, d.default, d.type_, d.allowed) for d in CKPT_PARAMS}
+    _, signals = _get(gParameters, "ckpt_signals")
+    v = {d.name: param(gParameters, d.name, d.default, d.type_, d.allowed) for d in CKPT_PARAMS
+         if not (d.name == "ckpt_signals" and isinstance(signals, (list, tuple)))}
     if v["ckpt_metadata"] is None:  # the older name
         v["ckpt_metadata"] = param(gParameters, "metadata", None, ParamType.STRING)
     epochs = param(
@@ -290,6 +311,11 @@ def read_settings(gParameters: Any, *, epochs_required: bool = True) -> CkptSett
         save_weights_only=v["ckpt_save_weights_only"],
         best_metric_last=best_last,
         async_save=v["ckpt_async"],
+        signals=v.get("ckpt_signals", signals),
+        requeue=v["ckpt_requeue"],
+        save_interval_seconds=v["ckpt_save_interval_seconds"],
+        walltime_end=v["ckpt_walltime_end"],
+        walltime_margin=v["ckpt_walltime_margin"],
         distributed_metric=v["ckpt_distributed_metric"],
     )
 

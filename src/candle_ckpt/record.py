@@ -39,6 +39,8 @@ class SaveRecord:
     backend: str
     time: float  # seconds since the epoch (wall clock) when the save was decided
     time_previous: float | None  # the previous save's ``time`` in this run, if any
+    batch: int = 0  # > 0: a mid-epoch checkpoint, ``batch`` batches into epoch ``epoch``+1
+    reason: str = ""  # why it was saved (the policy's words), for the log
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ def to_info(record: SaveRecord, written: Written, files: dict[str, Any]) -> dict
     info: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "epoch": record.epoch,
+        "batch": record.batch,
+        "partial": record.batch > 0,
         "save_best_metric": record.save_best_metric,
         "best_metric_last": record.best_metric_last,
         "epoch_best": record.epoch_best,
@@ -84,6 +88,7 @@ class InfoRecord:
     best_metric_last: float | None
     epoch_best: int | None
     original_candle: bool  # no format_version: written by the original CANDLE code
+    batch: int = 0  # batches done into epoch ``epoch``+1 (a mid-epoch checkpoint)
 
 
 def as_metric(value: Any, name: str = "metric_value") -> float | None:
@@ -113,7 +118,12 @@ def read_record(info: dict[str, Any]) -> InfoRecord:
     epoch_best = info.get("epoch_best")
     if isinstance(epoch_best, bool) or not isinstance(epoch_best, int) or epoch_best < 0:
         epoch_best = None
-    return InfoRecord(epoch, best, epoch_best, "format_version" not in info)
+    batch = info.get("batch", 0)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 0:
+        raise ValueError(f"batch {_short(batch)} is not a non-negative integer")
+    if bool(info.get("partial", False)) != (batch > 0):
+        raise ValueError(f"partial {_short(info.get('partial'))} contradicts batch {batch}")
+    return InfoRecord(epoch, best, epoch_best, "format_version" not in info, batch)
 
 
 def _short(value: Any) -> str:

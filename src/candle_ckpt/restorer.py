@@ -25,7 +25,7 @@ from .errors import (
     CkptParamError,
 )
 from .integrity import check_checkpoint, has_checksums
-from .layout import Layout, Pointer
+from .layout import CkptKey, Layout, Pointer
 from .logs import CkptLog, relpath
 from .record import InfoRecord, read_record
 
@@ -37,6 +37,7 @@ class Located:
     layout: Layout | None
     epoch: int | None
     why: str
+    batch: int = 0  # > 0: ``last`` names a mid-epoch checkpoint
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class RestartResult:
     epoch: int
     directory: Path
     best: BestSoFar
+    batch: int = 0
 
 
 class Restorer:
@@ -89,7 +91,7 @@ class Restorer:
         if p.reanchored and announce:
             self.log.info(f"{p.path} -> {p.raw} dangles (the tree was moved); re-anchored to "
                           f"{layout.epoch_dir(p.epoch)}")
-        return Located(layout, p.epoch, "ok")
+        return Located(layout, p.epoch, "ok", p.batch)
 
     def peek_best(self) -> BestSoFar | None:
         """The best so far per the checkpoint restart would use; None if unknown. No log."""
@@ -97,7 +99,7 @@ class Restorer:
             where = self.locate(announce=False)
             if where.layout is None or where.epoch is None:
                 return None
-            info = where.layout.read_info(where.epoch)
+            info = where.layout.read_info(where.epoch, where.batch)
             return _best_of(where.layout, info, read_record(info))
         except (CkptError, OSError, ValueError, RecursionError):
             return None
@@ -119,50 +121,57 @@ class Restorer:
             self._none_usable(where.why, skipped)
             return None
         layout = where.layout
-        for epoch in self.candidates(where):
-            directory = layout.epoch_dir(epoch)
-            outcome = self._try(layout, epoch, backend)
+        for key in self.candidates(where):
+            directory = layout.epoch_dir(key.epoch, key.batch)
+            outcome = self._try(layout, key, backend)
             if isinstance(outcome, str):
-                skipped.append({"epoch": epoch, "path": str(directory), "reason": outcome})
+                skipped.append({"epoch": key.epoch, "batch": key.batch, "path": str(directory),
+                                "reason": outcome})
                 self.log.warning(f"not restarting from {directory}: {outcome}")
                 continue
             info, best = outcome
             J = dict(info)
+            J["epoch"] = key.epoch
+            J["batch"] = key.batch  # always present: 0 for an epoch-end checkpoint
             J["restarted_from"] = str(directory)
             J["skipped"] = skipped
             if verbose:
-                self.log.info(f"restarted from {relpath(directory)} (epoch {epoch}; "
+                where_in = f"epoch {key.epoch}" + (
+                    f" + {key.batch} batches of the next (mid-epoch)" if key.partial else "")
+                self.log.info(f"restarted from {relpath(directory)} ({where_in}; "
                               f"best={best.value} at epoch {best.epoch})")
-            return RestartResult(J, epoch, directory, best)
+            return RestartResult(J, key.epoch, directory, best, key.batch)
         self._none_usable("every checkpoint failed validation", skipped)
         return None
 
-    def candidates(self, where: Located) -> list[int]:
-        """The epochs to try, in order: the one ``last`` names, then older complete ones."""
+    def candidates(self, where: Located) -> list[CkptKey]:
+        """The checkpoints to try, in order: the one ``last`` names, then older complete ones."""
         if where.layout is None or where.epoch is None:
             return []
-        return [where.epoch] + [e for e in reversed(where.layout.complete_epochs())
-                                if e < where.epoch]
+        last = CkptKey(where.epoch, where.batch)
+        return [last] + [k for k in reversed(where.layout.complete_keys()) if k < last]
 
-    def check(self, layout: Layout, epoch: int) -> str | tuple[dict[str, Any], BestSoFar]:
+    def check(self, layout: Layout, key: CkptKey) -> str | tuple[dict[str, Any], BestSoFar]:
         """Check one checkpoint's files and metadata (not the backend's); why not, if not."""
-        directory = layout.epoch_dir(epoch)
-        info, problems = check_checkpoint(directory, epoch, self.check_checksums)
+        directory = layout.epoch_dir(key.epoch, key.batch)
+        info, problems = check_checkpoint(directory, key.epoch, self.check_checksums)
         if info is None or problems:
             return "; ".join(problems)
         try:
             record = read_record(info)
         except ValueError as err:
             return f"ckpt-info.json: {err}"
+        if record.batch != key.batch:
+            return f"ckpt-info.json: says batch {record.batch}, its directory is {key.name}"
         if self.check_checksums and not has_checksums(info):
             self.log.warning(f"{directory} was written without checksums; verified sizes only")
         return info, _best_of(layout, info, record)
 
-    def _try(self, layout: Layout, epoch: int,
+    def _try(self, layout: Layout, key: CkptKey,
              backend: Backend) -> str | tuple[dict[str, Any], BestSoFar]:
         """Check one checkpoint whole, then apply it; why it was skipped otherwise."""
-        directory = layout.epoch_dir(epoch)
-        checked = self.check(layout, epoch)
+        directory = layout.epoch_dir(key.epoch, key.batch)
+        checked = self.check(layout, key)
         if isinstance(checked, str):
             return checked
         info, best = checked

@@ -22,9 +22,9 @@ from typing import Any
 from .backend import Backend
 from .commit import Committer, FileSink
 from .errors import CheckpointWriteError, CkptError
-from .layout import INFO_FILE, Layout
+from .layout import INFO_FILE, CkptKey, Layout
 from .logs import CkptLog, relpath
-from .policy import epochs_to_delete
+from .policy import epochs_to_delete, protected_epochs
 from .record import SaveRecord, to_info
 
 
@@ -47,6 +47,7 @@ class Saver:
         self.log = log
         self.keep = keep
         self.run_epochs: list[int] = []  # written by this engine: the keep policy's scope
+        self.run_partials: list[CkptKey] = []  # mid-epoch ones: superseded by any later one
         self.resumed_from: int | None = None  # never deleted by the keep policy
         self.time_saving = 0.0
 
@@ -81,9 +82,10 @@ class Saver:
         try:
             self.committer.new_work()
             self.write_work(work, record, snapshot)
-            directory = self.committer.publish(epoch, work)
-            self._point_best(record)
-            self.committer.point("last", epoch)  # the commit point
+            directory = self.committer.publish(epoch, work, record.batch)
+            if not record.batch:
+                self._point_best(record)
+            self.committer.point("last", epoch, record.batch)  # the commit point
         except OSError as err:
             shutil.rmtree(work, ignore_errors=True)
             if isinstance(err, CkptError):
@@ -112,13 +114,23 @@ class Saver:
     def _committed(self, record: SaveRecord, directory: Path, elapsed: float) -> None:
         """After the commit point: bookkeeping, log, keep policy. Never raises."""
         try:
-            if record.epoch in self.run_epochs:
-                self.run_epochs.remove(record.epoch)
-            self.run_epochs.append(record.epoch)
+            key = CkptKey(record.epoch, record.batch)
             self.time_saving += elapsed
-            self.log.info(f"epoch {record.epoch}: saved {relpath(directory)} in {elapsed:.3f}s"
-                          + (" (best)" if record.is_best else ""))
-            self.clean(record.epoch, record.epoch_best)
+            what = f"epoch {record.epoch}" if not key.partial else \
+                f"epoch {record.epoch} + {record.batch} batches (mid-epoch)"
+            self.log.info(f"{what}: saved {relpath(directory)} in {elapsed:.3f}s"
+                          + (" (best)" if record.is_best else "")
+                          + (f" ({record.reason})" if record.reason else ""))
+            if key.partial:
+                if key not in self.run_partials:
+                    self.run_partials.append(key)
+            else:
+                if record.epoch in self.run_epochs:
+                    self.run_epochs.remove(record.epoch)
+                self.run_epochs.append(record.epoch)
+            self.drop_superseded(key)
+            if not key.partial:
+                self.clean(record.epoch, record.epoch_best)
         except Exception as err:  # the checkpoint is committed: report, never undo
             self._warn(f"epoch {record.epoch} is committed, but what follows failed: "
                        f"{type(err).__name__}: {err}; retried after the next save")
@@ -126,14 +138,31 @@ class Saver:
     # ------------------------------------------------------------------ keep policy
     def protected(self) -> set[int]:
         """Never deleted by the keep policy: the targets of last and best, the resumed one."""
-        protected = set()
+        return protected_epochs(last=self.layout.read_pointer("last").epoch,
+                                best=self.layout.read_pointer("best").epoch,
+                                restart_from=self.resumed_from)
+
+    def drop_superseded(self, newest: CkptKey) -> None:
+        """Delete this run's mid-epoch checkpoints older than ``newest`` (not protected)."""
+        protected = self._protected_keys()
+        for key in sorted(self.run_partials):
+            if key >= newest or key in protected:
+                continue
+            try:
+                self.committer.delete_epoch(key.epoch, key.batch)
+            except OSError as err:
+                self._warn(f"could not delete superseded {key.name}: {err}; "
+                           "it is tried again after the next save")
+                continue
+            self.run_partials.remove(key)
+
+    def _protected_keys(self) -> set[CkptKey]:
+        keys = set()
         for name in ("last", "best"):
-            p = self.layout.read_pointer(name)
-            if p.epoch is not None:
-                protected.add(p.epoch)
-        if self.resumed_from is not None:
-            protected.add(self.resumed_from)
-        return protected
+            key = self.layout.read_pointer(name).key
+            if key is not None:
+                keys.add(key)
+        return keys
 
     def clean(self, epoch_now: int, epoch_best: int | None) -> tuple[int, int]:
         """Delete this run's old checkpoints per the keep policy; (kept, deleted).

@@ -90,7 +90,7 @@ def test_spec_usage_runs_as_written_and_restarts(tmp_path: Path) -> None:
     assert J is not None and J["epoch"] == 3
     assert_same(values(again.variables), values(model.variables))
     assert_same(values(again.optimizer.variables), values(model.optimizer.variables))
-    assert not commit._locks, "module-level restart() must release the directory lock"
+    assert not commit._held, "module-level restart() must release the directory lock"
 
 
 def test_newer_pattern_restores_weights_optimizer_and_seed_generators(tmp_path: Path) -> None:

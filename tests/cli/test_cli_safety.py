@@ -13,13 +13,18 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cli_helpers import list_json, run_cli, train
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from candle_ckpt.cli import main
+from candle_ckpt.cli.verify import is_valid
+from candle_ckpt.layout import Layout
 
 Damage = Callable[[Path], None]
 
@@ -166,6 +171,24 @@ def _epochs_is_a_file(root: Path) -> None:
     (root / "ckpts" / "epochs").write_text("not a directory")
 
 
+def _replace(relative: str, make: Callable[[Path], None]) -> Damage:
+    def damage(root: Path) -> None:
+        path = root / relative
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            path.unlink()
+        make(path)
+    return damage
+
+
+def _epoch_links_outside(root: Path) -> None:
+    outside = root.parent / "elsewhere"
+    shutil.copytree(epoch_dir(root, 5), outside)
+    shutil.rmtree(epoch_dir(root, 5))
+    os.symlink(outside, epoch_dir(root, 5))
+
+
 DAMAGES: dict[str, Damage] = {
     "deep nesting": _write_info_text(6, "[" * 100_000 + "]" * 100_000),
     "400-digit integers": _rewrite_info(6, lambda i: i.update(
@@ -193,6 +216,16 @@ DAMAGES: dict[str, Damage] = {
     "odd file names": _odd_names,
     "last with a newline": _last_with_a_newline,
     "epochs is a file": _epochs_is_a_file,
+    "lock is a directory": _replace("ckpt.lock", Path.mkdir),
+    "lock is a fifo": _replace("ckpt.lock", os.mkfifo),
+    "log is a directory": _replace("ckpt.log", Path.mkdir),
+    "log is a fifo": _replace("ckpt.log", os.mkfifo),
+    "last is a fifo": _replace("ckpts/last", os.mkfifo),
+    "best is a directory": _replace("ckpts/best", Path.mkdir),
+    "last is a huge file": _replace("ckpts/last", lambda p: p.write_text("x" * 5_000_000)),
+    "epoch links outside": _epoch_links_outside,
+    "info a symlink to /dev/zero": _replace("ckpts/epochs/006/ckpt-info.json",
+                                            lambda p: os.symlink("/dev/zero", p)),
 }
 
 COMMANDS: list[list[str]] = [
@@ -227,7 +260,7 @@ def test_no_command_prints_a_traceback_on_a_damaged_tree(
         assert len(lines) <= 1, where
         if rc == 2:
             assert lines and lines[0].startswith("candle-ckpt: error: "), where
-        assert "unexpected" not in err, where  # a real cause, not the last-resort wrapper
+        assert "a bug in candle-ckpt" not in err, where  # a real cause, not the last resort
         for text in (out, err):
             text.encode("utf-8")  # printable: no lone surrogates reach the terminal
             assert "\x1b" not in text and "\x00" not in text, where
@@ -262,3 +295,79 @@ def test_odd_names_print_as_escapes_even_on_an_ascii_terminal(pristine: Path,
         shown[command] = proc.stdout
     assert "save_best_metric    p\\xe9rte" in shown["show 6"]  # escaped, not an error
     assert "\\x1b[31mred\\udcff" in shown["show 4"]
+
+
+# ----------------------------------------------------------------------------- fuzz
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True)
+    | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=12)
+_INFO_KEYS = ["epoch", "files", "model_file", "metric_value", "best_metric_last",
+              "save_best_metric", "timestamp", "time_elapsed", "checksum",
+              "checksum_algorithm", "epoch_best", "format_version", "metadata"]
+_mutations = st.one_of(
+    st.tuples(st.just("key"), st.sampled_from(_INFO_KEYS), _json_values),
+    st.tuples(st.just("whole"), st.just(""), _json_values),
+    st.tuples(st.just("bytes"), st.just(""), st.binary(max_size=64)),
+    st.tuples(st.just("entry"), st.sampled_from(["size", "checksum"]), _json_values),
+)
+_FUZZ_COMMANDS = [["list"], ["list", "--json"], ["show", "6"], ["show", "6", "--json"],
+                  ["verify"], ["prune", "--keep", "1", "--dry-run"], ["rollback", "6"]]
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutation=_mutations, epoch=st.sampled_from([4, 6]))
+def test_fuzzed_ckpt_info_never_makes_a_command_crash(
+        pristine: Path, capsys: pytest.CaptureFixture[str],
+        mutation: tuple[str, str, object], epoch: int) -> None:
+    kind, key, value = mutation
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "run"
+        shutil.copytree(pristine, root, symlinks=True)
+        path = epoch_dir(root, epoch) / "ckpt-info.json"
+        if kind == "bytes":
+            assert isinstance(value, bytes)
+            path.write_bytes(value)
+        else:
+            info = json.loads(path.read_text())
+            if kind == "key":
+                info[key] = value
+            elif kind == "entry":
+                for entry in info["files"].values():
+                    entry[key] = value
+            else:
+                info = value
+            path.write_text(json.dumps(info))
+        for command in _FUZZ_COMMANDS:
+            rc = main([command[0], str(root), *command[1:]])
+            out, err = capsys.readouterr()
+            lines = err.strip().splitlines()
+            assert rc in (0, 1, 2) and len(lines) <= 1, (mutation, command, rc, err)
+            assert "a bug in candle-ckpt" not in err, (mutation, command, err)
+            out.encode("utf-8")
+        # Whatever the epoch holds, the checkpoints a restart needs are still there: last
+        # (6) when valid, else its fallback (5, never damaged here), and the best (4).
+        layout = Layout.ours(root)
+        needed = 6 if is_valid(layout, 6) else 5
+        assert main(["prune", str(root), "--keep", "1"]) in (0, 2)
+        capsys.readouterr()
+        assert epoch_dir(root, needed).is_dir() and epoch_dir(root, 4).is_dir()
+        assert os.path.lexists(epoch_dir(root, 6))  # last, valid or not
+
+
+def test_a_bug_of_ours_is_still_one_line_not_a_traceback(
+        run6: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import candle_ckpt.cli.parser as parser
+
+    def broken(args: object) -> int:
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(parser, "cmd_list", broken)
+    assert main(["list", str(run6)]) == 2
+    out, err = capsys.readouterr()
+    assert err.splitlines() == ["candle-ckpt: error: unexpected RuntimeError: boom second line "
+                                "(a bug in candle-ckpt; please report it with this line)"]

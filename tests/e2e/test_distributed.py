@@ -263,7 +263,7 @@ def test_sharded_state_is_written_with_dcp_one_shard_file_per_rank(
     directory = ckpt_dir / "ckpts" / "epochs" / f"{EPOCHS:03d}"
     info = json.loads((directory / "ckpt-info.json").read_text())
     assert info["sharded"] == "dcp" and info["world_size"] == WORLD
-    assert sorted(info["files"]) == ["dcp/.metadata", "dcp/__0_0.distcp", "dcp/__1_0.distcp",
+    assert sorted(info["files"]) == [".metadata", "__0_0.distcp", "__1_0.distcp",
                                      "model.pt", "rng-rank-00000.pt", "rng-rank-00001.pt"]
     payload = torch.load(directory / "model.pt", weights_only=True)
     # No rank gathered the model: model.pt holds the scheduler and RNGs, no weights.

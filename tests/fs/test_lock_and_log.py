@@ -59,25 +59,25 @@ def test_a_lock_of_a_killed_process_does_not_block(tmp_path):
         assert e.restart() is not None
 
 
-def test_engines_of_one_process_share_the_directory(tmp_path):
+def test_a_second_engine_in_the_same_process_is_refused(tmp_path):
     first = engine(tmp_path)
-    second = engine(tmp_path)
     try:
-        assert train(first, [1]) == [1]
-        assert train(second, [2]) == [2]
+        with pytest.raises(CheckpointLockedError, match="already held by this process") as err:
+            engine(tmp_path)
+        assert f"pid {os.getpid()}" in str(err.value)
+        assert train(first, [1]) == [1]  # the first writer is untouched
     finally:
         first.close()
-        second.close()
+    with engine(tmp_path) as second:  # released: the next engine gets it
+        assert train(second, [2]) == [2]
 
 
-def test_the_lock_is_released_only_when_the_last_engine_closes(tmp_path):
+def test_the_lock_is_released_when_the_engine_closes(tmp_path):
     first = engine(tmp_path)
-    second = engine(tmp_path)
-    first.close()
     probe = subprocess.run([sys.executable, "-c", HOLDER, str(tmp_path)], input="",
                            capture_output=True, text=True, timeout=60, check=False)
     assert "CheckpointLockedError" in probe.stderr
-    second.close()
+    first.close()
     probe = subprocess.run([sys.executable, "-c", HOLDER, str(tmp_path)], input="",
                            capture_output=True, text=True, timeout=60, check=False)
     assert probe.returncode == 0, probe.stderr
@@ -86,6 +86,7 @@ def test_the_lock_is_released_only_when_the_last_engine_closes(tmp_path):
 
 def test_each_message_is_logged_once_however_many_engines(tmp_path):
     first = engine(tmp_path)
+    first.close()  # one writer at a time; its logger keeps working
     second = engine(tmp_path)
     third = engine(tmp_path / "other")
     try:
@@ -109,7 +110,9 @@ CONSOLE = textwrap.dedent("""
     from candle_ckpt.testing import CandleCkptFiles
     params = {"epochs": 3, "ckpt_directory": sys.argv[1]}
     a = CandleCkptFiles(params)
+    a.close()  # one writer per directory at a time; closed engines still log
     b = CandleCkptFiles(params)
+    b.close()
     quiet = CandleCkptFiles(params, verbose=False)
     a.info("hello-console")
     b.info("hello-console")
@@ -150,7 +153,8 @@ def test_directories_whose_names_differ_only_by_dot_and_underscore_keep_separate
     assert "from-underscored" in underscored_log and "from-dotted" not in underscored_log
 
 
-def test_a_second_engine_in_the_process_leaves_an_inflight_async_save_alone(tmp_path):
+def test_a_second_engine_in_the_process_is_refused_and_leaves_an_inflight_save_alone(
+        tmp_path):
     from candle_ckpt import commit
 
     first = CandleCkptFiles({"epochs": 5, "ckpt_directory": str(tmp_path), "ckpt_async": True,
@@ -169,11 +173,11 @@ def test_a_second_engine_in_the_process_leaves_an_inflight_async_save_alone(tmp_
         first.ckpt_epoch(0, "-", 1.0)
         assert reached.wait(30)
         assert (tmp_path / "ckpts/work/ckpt-info.json").exists()
-        second = CandleCkptFiles({"epochs": 5, "ckpt_directory": str(tmp_path)}, logger=None)
+        with pytest.raises(CheckpointLockedError, match="already held by this process"):
+            CandleCkptFiles({"epochs": 5, "ckpt_directory": str(tmp_path)}, logger=None)
         assert (tmp_path / "ckpts/work/ckpt-info.json").exists(), "recover() ran under a save"
         release.set()
         first.wait()
-        second.close()
     finally:
         release.set()
         commit._on_step = None

@@ -128,7 +128,7 @@ def test_a_failed_save_leaves_the_best_as_it_was(tmp_path):
         e.backend.state = {"model.bin": b"x"}
         original = e.committer.publish
 
-        def full(epoch, work):
+        def full(epoch, work, batch=0):
             raise OSError(errno.ENOSPC, "No space left on device")
 
         e.committer.publish = full  # type: ignore[method-assign]

@@ -429,6 +429,11 @@ class KerasBackend:
         model = self.require_model()
         if not model.built:
             raise CkptParamError("the model is not built; build it (or call it once) first")
+        if hasattr(model, "jax_state_sync"):
+            # Inside a jax epoch the trainer holds the state outside the variables (and
+            # purges them); sync first, as Keras' own Callback.model does. A no-op between
+            # epochs and on the other backends' models, which lack the method.
+            model.jax_state_sync()
         optimizer = getattr(model, "optimizer", None)
         skip = [optimizer] if (self.weights_only and optimizer is not None) else []
         rng: dict[str, Any] = {"format": _RNG_FORMAT}
@@ -606,11 +611,14 @@ class KerasBackend:
     def begin_training(self) -> None:
         """Apply what restart deferred: the optimizer state (validated), the global RNGs."""
         model = self.model
-        pending = _deferred.pop(model, None) if model is not None else None
+        pending = _deferred.get(model) if model is not None else None
         if pending is None:
             return
         if pending.optimizer is not None:
+            # Raises on a mismatch; the state stays pending, so a retried fit() with a
+            # fitting optimizer still gets it instead of silently starting fresh.
             self._apply_deferred_optimizer(model, pending)
+        _deferred.pop(model, None)
         if pending.rng is not None:
             _apply_global_rng(pending.rng)
             self.log.debug("re-applied the checkpoint's global RNG states as training begins")
@@ -732,6 +740,16 @@ class CandleCkptKeras(keras.callbacks.Callback, CandleCkpt):
     # --------------------------------------------------------------- Keras hooks
     def on_train_begin(self, logs: Any = None) -> None:
         self.backend.begin_training()
+        self._epoch_in_progress = 0
+        self._preempt.start()  # stop-signal handlers, from here to on_train_end
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self._epoch_in_progress = int(epoch)
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        """A stop signal or a time-based save is due: save mid-epoch (and stop)."""
+        if self.ckpt_batch(getattr(self, "_epoch_in_progress", 0), batch):
+            self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
         """Checkpoint the (0-based) epoch just completed, per the policies."""

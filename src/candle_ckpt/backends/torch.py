@@ -221,7 +221,7 @@ class TorchBackend:
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "epoch": epoch,
-            "model_state_dict": states.pop("model", None),  # None: sharded, in dcp/
+            "model_state_dict": states.pop("model", None),  # None: sharded, DCP files
             "optimizer_state_dict": states.pop("optimizer", None),
             "optimizer_type": _type_name(optimizer),
             "loss": loss,
@@ -238,10 +238,10 @@ class TorchBackend:
         if snapshot.sharded is not None:
             assert coord is not None  # set_model refuses sharded state without a group
             # First: DCP's save is a collective; no rank may fail before it alone.
-            shards = torch_dcp.save(snapshot.sharded, sink.directory / torch_dcp.DCP_DIR,
-                                    coord.group, coord.is_writer)
+            shards = torch_dcp.save(snapshot.sharded, sink.directory, coord.group,
+                                    coord.is_writer)
             for shard in shards:
-                sink.path(shard)  # fsynced (again) and checksummed by finish()
+                sink.adopt(shard)  # fsynced (again) and checksummed by finish()
         if coord is not None:
             name = write_rank_rng(sink, coord, snapshot.payload["rng"])
             if not coord.is_writer:
@@ -333,7 +333,7 @@ class TorchBackend:
         notes: list[str] = []
         optimizer_sd = payload.get("optimizer_state_dict")
         if sharded:
-            pass  # model and optimizer are in dcp/, checked by torch_dcp.plan_load
+            pass  # model and optimizer are DCP's files, checked by torch_dcp.plan_load
         elif optimizer_sd is None:
             notes.append(f"{name} holds no optimizer state; the optimizer starts afresh")
         else:
@@ -420,6 +420,20 @@ class CandleCkptPyTorch(CandleCkpt):
                 or some state could not be read back with ``weights_only=True``.
         """
         self.backend.set_model(model)
+        self._preempt.start()  # stop-signal handlers, until on_train_end() or close()
+
+    def ckpt_batch(self, epoch: int, batch: int) -> bool:
+        """Call after each optimizer step (0-based epoch and batch, like ckpt_epoch).
+
+        Returns True when a stop signal (``ckpt_signals``) or the wall-clock limit made it
+        commit a mid-epoch checkpoint: end the training loop then (and call
+        ``on_train_end()``). On restart, ``J["batch"]`` batches of epoch ``J["epoch"]``
+        are done: skip them.
+        """
+        self.backend.require_model("ckpt_batch")
+        if isinstance(epoch, int) and not isinstance(epoch, bool):
+            self.backend.progress = (epoch, None)
+        return super().ckpt_batch(epoch, batch)
 
     def ckpt_epoch(self, epoch: int, metric_value: Any = None) -> bool:  # type: ignore[override]
         """Checkpoint the 0-based ``epoch`` just completed, if the policies say so.

@@ -1,12 +1,13 @@
 """Sharded state (FSDP2 ``fully_shard``, DTensor) through torch.distributed.checkpoint.
 
 When a model's state dict holds DTensors, no rank has the whole model: the model and
-optimizer state are written with DCP (every rank its shards, into ``work/dcp/``; rank 0
-DCP's ``.metadata``), read back with DCP (which reshards to the world size of the
-restarted run), and everything else (scheduler, other ``set_model`` entries, the RNG
-files) as for replicated state. DCP's own save and load are collectives that fail on
-every rank alike; the backend calls them before any rank-local step that could fail, so
-the ranks never wait in different collectives.
+optimizer state are written with DCP (every rank its shards, ``__R_0.distcp``, rank 0
+DCP's ``.metadata``, into ``work/`` itself: checkpoints are flat), read back with DCP
+(which reshards to the world size of the restarted run), and everything else
+(scheduler, other ``set_model`` entries, the RNG files) as for replicated state. DCP's
+own save and load are collectives that fail on every rank alike; the backend calls them
+before any rank-local step that could fail, so the ranks never wait in different
+collectives.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 
 from ..errors import CheckpointMismatchError
 
-DCP_DIR = "dcp"  # inside the checkpoint directory
+METADATA = ".metadata"  # DCP's names: this, and __<rank>_<n>.distcp shards
 
 
 def is_sharded(module: nn.Module) -> bool:
@@ -50,10 +51,10 @@ def capture(module: nn.Module, optimizer: Any, copy_: bool) -> dict[str, Any]:
 
 
 def save(state: dict[str, Any], directory: Path, group: Any, writer: bool) -> list[str]:
-    """Write ``state`` with DCP (a collective); the files rank 0 lists, relative names.
+    """Write ``state`` with DCP into ``directory`` (a collective); rank 0: DCP's files.
 
     DCP returns on every rank only after all shards are written and rank 0 has written
-    ``.metadata``, so rank 0 can name every file of ``directory``.
+    ``.metadata``, so rank 0 can name every shard of every rank.
     """
     import torch.distributed.checkpoint as dcp
 
@@ -61,7 +62,8 @@ def save(state: dict[str, Any], directory: Path, group: Any, writer: bool) -> li
     dcp.save(state, storage_writer=writer_, process_group=group)
     if not writer:
         return []
-    return sorted(f"{DCP_DIR}/{name}" for name in os.listdir(directory))
+    return sorted(name for name in os.listdir(directory)
+                  if name == METADATA or name.endswith(".distcp"))
 
 
 def plan_load(directory: Path, module: nn.Module, optimizer: Any,
@@ -85,7 +87,7 @@ def plan_load(directory: Path, module: nn.Module, optimizer: Any,
         model_sd, optim_sd = get_state_dict(module, optimizer)
         target = tree_map_only(torch.Tensor, lambda t: t.detach().clone(),
                                {"model": model_sd, "optimizer": optim_sd})
-        reader = dcp.FileSystemReader(str(directory / DCP_DIR))
+        reader = dcp.FileSystemReader(str(directory))
         _match(reader.read_metadata(), target["model"], directory)
         dcp.load(target, storage_reader=reader, process_group=group)
     except BaseException:
@@ -110,12 +112,12 @@ def _match(metadata: Any, model_sd: dict[str, Any], directory: Path) -> None:
     unexpected = sorted(set(saved) - set(model_sd))
     if missing or unexpected:
         raise CheckpointMismatchError(
-            f"{directory}/{DCP_DIR} does not fit the model: missing {missing[:5] or 'none'}, "
+            f"{directory} (DCP) does not fit the model: missing {missing[:5] or 'none'}, "
             f"unexpected {unexpected[:5] or 'none'}")
     for key, value in model_sd.items():
         size = getattr(saved[key], "size", None)
         if isinstance(value, torch.Tensor) and size is not None and \
                 tuple(size) != tuple(value.shape):
             raise CheckpointMismatchError(
-                f"{directory}/{DCP_DIR} does not fit the model: {key} is {tuple(size)} in "
+                f"{directory} (DCP) does not fit the model: {key} is {tuple(size)} in "
                 f"the checkpoint, {tuple(value.shape)} in the model")

@@ -188,7 +188,7 @@ def pointer_text(layout: Layout, name: str) -> str:
         return f"{name}: none"
     if p.epoch is None:
         return f"{name}: BROKEN ({shown(p.problem)})"
-    text = f"{name} -> {layout.pointer_text(p.epoch)}"
+    text = f"{name} -> {layout.pointer_text(p.epoch, p.batch)}"
     if p.reanchored:
         text += f" (re-anchored: {shown(p.raw)} dangles, the tree was moved)"
     return text
@@ -215,6 +215,53 @@ def append_log(layout: Layout, message: str) -> None:
         pass  # as above
     finally:
         os.close(fd)
+
+
+# ------------------------------------------------------------------------------ reading
+
+# A ckpt-info.json is a few KiB (its manifest grows by a line per file); anything near
+# this is not one, and reading it whole could exhaust memory.
+MAX_INFO_BYTES = 64 << 20
+
+
+def info_problem(layout: Layout, epoch: int) -> str | None:
+    """Why an epoch's ``ckpt-info.json`` must not be read, or None when it may be.
+
+    Checked before any read, without following links: a symlink (to ``/dev/zero``, a
+    FIFO, a file elsewhere), a device or FIFO (a read would hang), or a file too big to
+    be one. A missing file is not a problem here (the checkpoint is incomplete).
+    """
+    path = layout.epoch_dir(epoch) / INFO_FILE
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return f"{INFO_FILE}: cannot be examined: {shown(err.strerror or err)}"
+    if stat.S_ISLNK(st.st_mode):
+        return f"{INFO_FILE}: is a symlink (never followed)"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{INFO_FILE}: not a regular file"
+    if st.st_size > MAX_INFO_BYTES:
+        return f"{INFO_FILE}: {st.st_size:,} bytes, too big to be a checkpoint's record"
+    return None
+
+
+def read_info_safely(layout: Layout, epoch: int) -> dict[str, Any]:
+    """An epoch's parsed ``ckpt-info.json``; ValueError when it must not or cannot be read.
+
+    Raises:
+        FileNotFoundError: there is none (an incomplete checkpoint).
+        ValueError: see :func:`info_problem`, or it is not a JSON object.
+        OSError: it cannot be read.
+    """
+    problem = info_problem(layout, epoch)
+    if problem is not None:
+        raise ValueError(problem)
+    try:
+        return layout.read_info(epoch)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 # ------------------------------------------------------------------------------ rows
@@ -250,15 +297,27 @@ def summarize_safely(layout: Layout) -> list[CheckpointSummary]:
         row = CheckpointSummary(e, layout.epoch_dir(e), layout.is_complete(e))
         if row.complete:
             try:
-                row.info = layout.read_info(e)
+                row.info = read_info_safely(layout, e)
             except Exception as err:  # any content is one unreadable row, not a crash
                 row.error = f"unreadable {INFO_FILE}: {shown(err)}"
-        if last.ok and last.epoch == e:
+        if last.ok and last.key == row.key:
             row.markers.append("last")
-        if best.ok and best.epoch == e:
+        if best.ok and best.epoch == e and not best.batch:
             row.markers.append("best")
         rows.append(row)
-    return rows
+    for key in layout.complete_keys():  # mid-epoch checkpoints (pre-emption, time-based)
+        if not key.partial:
+            continue
+        row = CheckpointSummary(key.epoch, layout.epoch_dir(key.epoch, key.batch), True,
+                                batch=key.batch, markers=["mid-epoch"])
+        try:
+            row.info = layout.read_info(key.epoch, key.batch)
+        except Exception as err:  # any content is one unreadable row, not a crash
+            row.error = f"unreadable {INFO_FILE}: {shown(err)}"
+        if last.ok and last.key == key:
+            row.markers.insert(0, "last")
+        rows.append(row)
+    return sorted(rows, key=lambda r: r.key)
 
 
 def rows_of(layout: Layout) -> list[Row]:

@@ -23,6 +23,7 @@ from .common import (
     open_directory,
     pointer_text,
     print_table,
+    read_info_safely,
     resolve_epoch,
     rows_of,
     shown,
@@ -95,7 +96,7 @@ def print_listing(layout: Layout, rows: Sequence[Row]) -> None:
         if len(names) > 1 and info.get("save_best_metric"):
             value = f"{shown(info['save_best_metric'])}={value}"
         table.append([
-            str(r.summary.epoch), value, ",".join(r.summary.markers), human_size(r.size),
+            str(r.summary.key), value, ",".join(r.summary.markers), human_size(r.size),
             shown(info.get("timestamp", "-")), r.status,
         ])
     print()
@@ -175,7 +176,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def _read_info_or_fail(layout: Layout, epoch: int) -> dict[str, Any]:
     path = layout.epoch_dir(epoch) / INFO_FILE
     try:
-        return layout.read_info(epoch)
+        return read_info_safely(layout, epoch)
     except FileNotFoundError:
         raise CliError(f"epoch {epoch} is incomplete: {shown(path)} is missing") from None
     except (OSError, ValueError, RecursionError) as err:

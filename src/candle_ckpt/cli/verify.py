@@ -18,6 +18,7 @@ from .common import (
     EXIT_OK,
     as_size,
     human_size,
+    info_problem,
     open_directory,
     resolve_epoch,
     shown,
@@ -31,6 +32,9 @@ def check_epoch(layout: Layout, epoch: int) -> tuple[list[str], str]:
     this returns: a check that cannot even run is a problem of that checkpoint.
     """
     directory = layout.epoch_dir(epoch)
+    unreadable = info_problem(layout, epoch)
+    if unreadable is not None:
+        return [f"{shown(directory)}{os.sep}{unreadable}"], ""
     try:
         info, found = check_checkpoint(directory, epoch, True)
     except Exception as err:  # any content means "invalid, because ...", never a crash
