@@ -12,6 +12,8 @@ Faults, chosen by the test through the environment:
                          its files into work/, before the ranks agree to commit
   DDP_FAIL_WRITE=K       rank DDP_EXIT_RANK's write of epoch K fails (ENOSPC)
   DDP_FAIL_CAPTURE=K     rank DDP_EXIT_RANK's capture of epoch K raises
+  DDP_SIGNAL_AT=E:B      with --batch-ckpt: rank DDP_EXIT_RANK sends itself SIGUSR1 after
+                         batch B of epoch E (0-based); every rank must stop there
 The final parameters are written to --out (one file per rank: OUT.rankN); a
 CheckpointWriteError is printed as one JSON line and the rank exits with FAIL_CODE.
 """
@@ -23,6 +25,7 @@ import errno
 import json
 import os
 import random
+import signal
 
 import numpy as np
 import torch
@@ -77,6 +80,8 @@ def main() -> None:
     ap.add_argument("--async", dest="async_", action="store_true")
     ap.add_argument("--metric", default="mean")
     ap.add_argument("--fsdp", action="store_true", help="shard with FSDP2 instead of DDP")
+    ap.add_argument("--batch-ckpt", action="store_true",
+                    help="call ckpt_batch after every step, stop on SIGUSR1")
     args = ap.parse_args()
 
     torch.set_num_threads(1)
@@ -92,7 +97,10 @@ def main() -> None:
     y = x[:, :1] * 2.0 - x[:, 1:2] + 0.1 * torch.randn(64, 1, generator=data_gen)
     dataset = TensorDataset(x, y)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=7)
-    loader = DataLoader(dataset, batch_size=8, sampler=sampler)
+    # A generator of its own: creating the loader's iterator draws no global RNG, so a
+    # run resumed mid-epoch draws exactly what an uninterrupted one does.
+    loader = DataLoader(dataset, batch_size=8, sampler=sampler,
+                        generator=torch.Generator().manual_seed(5))
     torch.manual_seed(0)  # the same initial weights on every rank (DDP checks)
     net = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Dropout(0.3), nn.Linear(12, 1))
     torch.manual_seed(1000 + rank)
@@ -114,11 +122,14 @@ def main() -> None:
         "ckpt_keep_mode": "all",
         "ckpt_async": args.async_,
         "ckpt_distributed_metric": args.metric,
+        "ckpt_signals": "SIGUSR1" if args.batch_ckpt else "none",
     }
     ckpt = candle.CandleCkptPyTorch(params, logger=None)
     ckpt.set_model({"model": model, "optimizer": optimizer, "scheduler": scheduler})
     J = ckpt.restart(model)
     initial_epoch = J["epoch"] if J is not None else 0
+    skip = J["batch"] if J is not None else 0
+    signal_at = tuple(int(v) for v in os.environ.get("DDP_SIGNAL_AT", "-1:-1").split(":"))
     print(f"rank {rank} initial_epoch={initial_epoch}", flush=True)
 
     exit_after = int(os.environ.get("DDP_EXIT_AFTER", "0"))
@@ -128,7 +139,9 @@ def main() -> None:
             sampler.set_epoch(epoch)
             model.train()
             total = 0.0
-            for xb, yb in loader:
+            for i, (xb, yb) in enumerate(loader):
+                if epoch == initial_epoch and i < skip:
+                    continue  # trained before the stop
                 xb = xb + torch.from_numpy(np.random.normal(0.0, 0.05, xb.shape)
                                            .astype("float32"))
                 if random.random() < 0.5:
@@ -138,6 +151,14 @@ def main() -> None:
                 loss.backward()
                 optimizer.step()
                 total += loss.item()
+                if (epoch, i) == signal_at and exit_rank == rank:
+                    os.kill(os.getpid(), signal.SIGUSR1)
+                if args.batch_ckpt and ckpt.ckpt_batch(epoch, i):
+                    print(f"rank {rank} stopped at epoch {epoch} batch {i}", flush=True)
+                    break
+            if ckpt.stop_requested:
+                ckpt.on_train_end()
+                os._exit(EXIT_CODE)
             scheduler.step()
             saved = ckpt.ckpt_epoch(epoch, total / len(loader))
             print(f"rank {rank} epoch {epoch + 1} saved={saved} loss={total / len(loader)!r}",

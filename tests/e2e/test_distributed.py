@@ -205,6 +205,24 @@ def test_one_rank_killed_between_epochs_then_both_restart_bit_identical(
     assert_matches_straight(straight, out)
 
 
+def test_a_stop_signal_on_one_rank_stops_every_rank_at_the_same_batch_and_resumes_exactly(
+        straight: tuple[Path, Path, list[Rank]], tmp_path: Path) -> None:
+    ckpt_dir, out = tmp_path / "ckpt", tmp_path / "out"
+    stopped = launch(ckpt_dir, out, "--batch-ckpt",
+                     env={"DDP_EXIT_RANK": "1", "DDP_SIGNAL_AT": "1:1"})
+    # Only rank 1 got SIGUSR1; both saved the same mid-epoch checkpoint and stopped.
+    assert [r.returncode for r in stopped] == [EXIT_CODE] * WORLD
+    for rank, r in enumerate(stopped):
+        assert f"rank {rank} stopped at epoch 1 batch 1" in r.stdout
+    assert os.readlink(ckpt_dir / "ckpts" / "last") == "epochs/001+000002"
+    info = json.loads((ckpt_dir / "ckpts" / "last" / "ckpt-info.json").read_text())
+    assert info["batch"] == 2 and "rng-rank-00001.pt" in info["files"]
+    resumed = launch(ckpt_dir, out, "--batch-ckpt")
+    finished(resumed)
+    assert initial_epochs(resumed) == [1] * WORLD
+    assert_matches_straight(straight, out)  # ckpt_batch draws nothing: the same run
+
+
 # ------------------------------------------------------------------------------ failures
 @pytest.mark.parametrize(("fault", "failing_rank"), [("WRITE", 0), ("WRITE", 1),
                                                      ("CAPTURE", 1)])
