@@ -223,6 +223,22 @@ def test_a_stop_signal_on_one_rank_stops_every_rank_at_the_same_batch_and_resume
     assert_matches_straight(straight, out)  # ckpt_batch draws nothing: the same run
 
 
+def test_a_damaged_rank_file_makes_every_rank_fall_back_to_the_same_older_checkpoint(
+        straight: tuple[Path, Path, list[Rank]], tmp_path: Path) -> None:
+    ckpt_dir, out = tmp_path / "ckpt", tmp_path / "out"
+    shutil.copytree(straight[0], ckpt_dir, symlinks=True)
+    damaged = ckpt_dir / "ckpts" / "epochs" / f"{EPOCHS:03d}" / "rng-rank-00001.pt"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the checksum tells
+    damaged.write_bytes(bytes(data))
+    resumed = launch(ckpt_dir, out)
+    finished(resumed)
+    assert initial_epochs(resumed) == [EPOCHS - 1] * WORLD  # both fell back, to the same
+    log = (ckpt_dir / "ckpt.log").read_text()
+    assert f"not restarting from {damaged.parent}" in log and "rng-rank-00001.pt" in log
+    assert_matches_straight(straight, out)  # epoch 4 re-done exactly
+
+
 # ------------------------------------------------------------------------------ failures
 @pytest.mark.parametrize(("fault", "failing_rank"), [("WRITE", 0), ("WRITE", 1),
                                                      ("CAPTURE", 1)])
