@@ -53,10 +53,14 @@ def rank_file(kind: str, rank: int) -> str:
 class Coordinator:
     """Rank, world size and the object collectives of one checkpointing job."""
 
-    def __init__(self, rank: int, world_size: int, group: Any = None) -> None:
+    def __init__(self, rank: int, world_size: int, group: Any = None,
+                 batch_group: Any = None) -> None:
         self.rank = rank
         self.world_size = world_size
         self.group = group
+        # ckpt_batch's agreement runs on the training thread while a background save may
+        # be using ``group`` on the writer thread: two threads must not share one group.
+        self.batch_group = batch_group
 
     @property
     def is_writer(self) -> bool:
@@ -79,7 +83,8 @@ class Coordinator:
         # the writer thread must not race the training loop's collectives on the default
         # group (the order of collectives on one group must be the same on every rank).
         group = dist.new_group(backend="gloo")
-        return cls(dist.get_rank(), dist.get_world_size(), group)
+        batch_group = dist.new_group(backend="gloo")
+        return cls(dist.get_rank(), dist.get_world_size(), group, batch_group)
 
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank."""
@@ -89,12 +94,12 @@ class Coordinator:
         dist.broadcast_object_list(box, src=0, group=self.group)
         return box[0]
 
-    def all_gather(self, obj: Any) -> list[Any]:
-        """Every rank's ``obj``, in rank order, on every rank."""
+    def all_gather(self, obj: Any, batch: bool = False) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank (``batch``: ckpt_batch's)."""
         import torch.distributed as dist
 
         out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj, group=self.group)
+        dist.all_gather_object(out, obj, group=self.batch_group if batch else self.group)
         return out
 
 
@@ -127,7 +132,7 @@ def decide_together(coord: Coordinator, decide: Callable[[float | None], SaveRec
 def agree_on_stop(coord: Coordinator, due: Any, interval_due: bool) -> tuple[Any, bool]:
     """Mid-epoch saves (``ckpt_batch``) together: a stop due on any rank (a signal reaches
     one rank first, clocks differ) is a stop on all; the lowest such rank's reason."""
-    outcomes = coord.all_gather((due, interval_due))
+    outcomes = coord.all_gather((due, interval_due), batch=True)
     first = next((d for d, _ in outcomes if d is not None), None)
     return first, any(i for _, i in outcomes)
 

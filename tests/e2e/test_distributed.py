@@ -191,25 +191,14 @@ def test_one_rank_killed_inside_a_save_then_both_restart_bit_identical(
     assert_matches_straight(straight, out)
 
 
-def test_one_rank_killed_between_epochs_then_both_restart_bit_identical(
-        straight: tuple[Path, Path, list[Rank]], tmp_path: Path) -> None:
-    ckpt_dir, out = tmp_path / "ckpt", tmp_path / "out"
-    killed = launch(ckpt_dir, out, env={"DDP_EXIT_RANK": "1",
-                                        "DDP_EXIT_AFTER": str(KILL_AFTER)})
-    assert killed[1].returncode == EXIT_CODE
-    assert killed[0].returncode not in (0, EXIT_CODE)  # rank 0 lost its peer in training
-    assert last_epoch(ckpt_dir) == KILL_AFTER
-    resumed = launch(ckpt_dir, out)
-    finished(resumed)
-    assert initial_epochs(resumed) == [KILL_AFTER] * WORLD
-    assert_matches_straight(straight, out)
-
-
 def test_a_stop_signal_on_one_rank_stops_every_rank_at_the_same_batch_and_resumes_exactly(
         straight: tuple[Path, Path, list[Rank]], tmp_path: Path) -> None:
+    # Async: epoch 1's save is in flight on the writer thread while the ranks agree on
+    # stopping at epoch 2's first batches (two threads, two process groups); the
+    # stop-save itself is synchronous.
+    args = ("--batch-ckpt", "--async")
     ckpt_dir, out = tmp_path / "ckpt", tmp_path / "out"
-    stopped = launch(ckpt_dir, out, "--batch-ckpt",
-                     env={"DDP_EXIT_RANK": "1", "DDP_SIGNAL_AT": "1:1"})
+    stopped = launch(ckpt_dir, out, *args, env={"DDP_EXIT_RANK": "1", "DDP_SIGNAL_AT": "1:1"})
     # Only rank 1 got SIGUSR1; both saved the same mid-epoch checkpoint and stopped.
     assert [r.returncode for r in stopped] == [EXIT_CODE] * WORLD
     for rank, r in enumerate(stopped):
@@ -217,7 +206,7 @@ def test_a_stop_signal_on_one_rank_stops_every_rank_at_the_same_batch_and_resume
     assert os.readlink(ckpt_dir / "ckpts" / "last") == "epochs/001+000002"
     info = json.loads((ckpt_dir / "ckpts" / "last" / "ckpt-info.json").read_text())
     assert info["batch"] == 2 and "rng-rank-00001.pt" in info["files"]
-    resumed = launch(ckpt_dir, out, "--batch-ckpt")
+    resumed = launch(ckpt_dir, out, *args)
     finished(resumed)
     assert initial_epochs(resumed) == [1] * WORLD
     assert_matches_straight(straight, out)  # ckpt_batch draws nothing: the same run
@@ -240,8 +229,7 @@ def test_a_damaged_rank_file_makes_every_rank_fall_back_to_the_same_older_checkp
 
 
 # ------------------------------------------------------------------------------ failures
-@pytest.mark.parametrize(("fault", "failing_rank"), [("WRITE", 0), ("WRITE", 1),
-                                                     ("CAPTURE", 1)])
+@pytest.mark.parametrize(("fault", "failing_rank"), [("WRITE", 1), ("CAPTURE", 0)])
 def test_a_failing_save_on_one_rank_raises_the_same_error_on_every_rank(
         tmp_path: Path, fault: str, failing_rank: int) -> None:
     ckpt_dir, out = tmp_path / "ckpt", tmp_path / "out"
