@@ -508,7 +508,8 @@ def _assert_unchanged(objects: dict[str, Any], before: dict[str, Any]) -> None:
 
 def _tree_bytes(directory: Path) -> dict[str, bytes]:
     return {str(p.relative_to(directory)): p.read_bytes()
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name not in ("ckpt.log", "ckpt.lock")}
+            for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name not in ("ckpt.log", "ckpt.lock")}
 
 
 def _saved_run(directory: Path) -> None:
