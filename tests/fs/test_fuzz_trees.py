@@ -8,7 +8,8 @@ directories, permission changes, file -> directory/FIFO/symlink swaps) and asser
 - restart returns a checkpoint whose loaded files are exactly what was saved for its
   epoch (never a damaged one), or None ("auto") / CheckpointNotFoundError
   ("required"); CheckpointCorruptError only where ``last`` itself was damaged (the
-  documented "refusing to guess"); nothing else ever escapes, and nothing hangs;
+  documented "refusing to guess"), UnsafeFileError only for a planted ``ckpt.lock``;
+  nothing else ever escapes, nothing hangs, and no file outside the tree is touched;
 - every CLI command (list, show, verify, prune --dry-run, rollback) exits 0, 1 or 2,
   with at most one error line on stderr and never a traceback.
 
@@ -24,6 +25,7 @@ import shutil
 import signal
 import stat
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from candle_ckpt import (  # noqa: E402
     CheckpointCorruptError,
     CheckpointNotFoundError,
 )
+from candle_ckpt.errors import UnsafeFileError  # noqa: E402
 from candle_ckpt.testing import CandleCkptFiles  # noqa: E402
 
 EPOCHS = (1, 2, 3, 4)
@@ -177,6 +180,8 @@ json_ops = st.one_of(
               st.sampled_from([_DEEP, "[1, 2]", "null", '"text"', "{", "\xff",
                                '{"epoch": 4}', "{} {}"])),
 )
+lock_ops = st.tuples(st.just("lock"), st.sampled_from(
+    ["symlink-victim", "dangling", "fifo", "dir", "hardlink-victim"]))
 pointer_ops = st.one_of(
     st.tuples(st.just("point"), st.sampled_from(["last", "best"]),
               st.sampled_from(["epochs/001", "epochs/003", "epochs/009", "epochs/../epochs/002",
@@ -218,8 +223,32 @@ def _rewrite_json(path: Path, change: Any) -> None:
     path.write_bytes(text.encode("utf-8", "surrogatepass"))
 
 
-def apply(root: Path, op: tuple[Any, ...], outside: Path) -> None:
-    """Apply one damage; an op whose target is already gone does nothing."""
+def apply(root: Path, op: tuple[Any, ...], outside: Path) -> bool:
+    """Apply one damage; False when it did nothing (its target was already gone)."""
+    before = _snapshot(root)
+    _apply(root, op, outside)
+    return _snapshot(root) != before
+
+
+def _snapshot(root: Path) -> list[tuple[str, int, int, int, int]]:
+    """Every entry of the tree: type and mode, size, inode, content CRC (regular files)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st_ = os.lstat(path)
+            crc = 0
+            if stat.S_ISREG(st_.st_mode):
+                try:
+                    with open(path, "rb") as f:
+                        crc = zlib.crc32(f.read())
+                except OSError:  # chmod 000 by an earlier op (when not root)
+                    crc = -1
+            out.append((path, st_.st_mode, st_.st_size, st_.st_ino, crc))
+    return sorted(out)
+
+
+def _apply(root: Path, op: tuple[Any, ...], outside: Path) -> None:
     kind = op[0]
     base = root / "ckpts"
     try:
@@ -311,6 +340,20 @@ def apply(root: Path, op: tuple[Any, ...], outside: Path) -> None:
                 raw = "[" * 50_000 + "]" * 50_000 if op[2] == _DEEP else op[2]
                 path.write_bytes(raw.encode("utf-8", "surrogateescape")
                                  if raw != "\xff" else b"\xff")
+        elif kind == "lock":
+            path = root / "ckpt.lock"
+            victim = outside.with_name("victim.txt")
+            _remove(path)
+            if op[1] == "symlink-victim":
+                os.symlink(victim, path)
+            elif op[1] == "dangling":
+                os.symlink(outside.with_name("created-by-lock"), path)
+            elif op[1] == "fifo":
+                os.mkfifo(path)
+            elif op[1] == "dir":
+                path.mkdir()
+            else:
+                os.link(victim, path)
         elif kind == "point":
             path = base / op[1]
             _remove(path)
@@ -340,13 +383,14 @@ def apply(root: Path, op: tuple[Any, ...], outside: Path) -> None:
         pass  # an earlier op removed the target: this one has nothing to damage
 
 
-_TAINTING = {"flip", "truncate", "append", "random", "delete", "to_dir", "to_fifo",
-             "to_link"}
+# Content damage is caught by comparing the loaded bytes; these swaps may keep the bytes.
+_TAINTING = {"delete", "to_dir", "to_fifo", "to_link"}
 
 
 def tainted(ops: list[tuple[Any, ...]]) -> set[int]:
-    """Epochs that must not be loaded: a file of theirs was damaged or swapped for a
-    link/FIFO/directory, or their directory was swapped, linked or moved away.
+    """Epochs that must not be loaded, given the ops that took effect: a file of theirs
+    was swapped for a link/FIFO/directory or deleted, or their directory was swapped,
+    linked or moved away.
 
     Bytes alone cannot tell a link to an identical copy outside from the real file, so
     this is what proves that links are refused rather than followed.
@@ -369,11 +413,20 @@ def _touches_last(ops: list[tuple[Any, ...]]) -> bool:
     return any(op[0] in ("point", "pointer_kind") and op[1] == "last" for op in ops)
 
 
+VICTIM = b"a file of the user's that a planted link points at\n"
+
+
 def _fresh_copy(template: Path, scratch: Path) -> tuple[Path, Path]:
     place = Path(tempfile.mkdtemp(dir=scratch))
     root = place / "run"
     shutil.copytree(template, root, symlinks=True)
+    (place / "victim.txt").write_bytes(VICTIM)
     return root, place / "outside.bin"
+
+
+def _assert_nothing_outside_touched(root: Path) -> None:
+    assert (root.parent / "victim.txt").read_bytes() == VICTIM, "wrote through a link"
+    assert not (root.parent / "created-by-lock").exists(), "created a link's target"
 
 
 def _cleanup(place: Path) -> None:
@@ -397,6 +450,10 @@ def check_restart(root: Path, ops: list[tuple[Any, ...]], mode: str, checksum: b
                                         ckpt_restart_mode=mode), logger=None)
     except CheckpointCorruptError:
         assert _touches_last(ops), f"constructor refused an undamaged last: {ops}"
+        return
+    except UnsafeFileError as err:  # a planted ckpt.lock: refused, never followed
+        assert any(op[0] == "lock" for op in ops) and "ckpt.lock" in str(err), err
+        _assert_nothing_outside_touched(root)
         return
     try:
         try:
@@ -427,33 +484,33 @@ def check_restart(root: Path, ops: list[tuple[Any, ...]], mode: str, checksum: b
     finally:
         e.close()
         signal.alarm(0)
+        _assert_nothing_outside_touched(root)
 
 
 @fuzz(250)
-@given(ops=st.lists(st.one_of(content_ops, structure_ops, json_ops, pointer_ops),
+@given(ops=st.lists(st.one_of(content_ops, structure_ops, json_ops, pointer_ops, lock_ops),
                     min_size=1, max_size=3),
        mode=st.sampled_from(["auto", "required"]))
 def test_restart_with_checksums_never_loads_damage(templates, scratch, ops, mode):
     root, outside = _fresh_copy(templates[True], scratch)
     try:
-        for op in ops:
-            apply(root, op, outside)
-        check_restart(root, ops, mode, checksum=True)
+        effective = [op for op in ops if apply(root, op, outside)]
+        check_restart(root, effective, mode, checksum=True)
     finally:
         _cleanup(root.parent)
 
 
 @fuzz(200)
-@given(ops=st.lists(st.one_of(sizeless_content_ops, structure_ops, json_ops, pointer_ops),
+@given(ops=st.lists(st.one_of(sizeless_content_ops, structure_ops, json_ops, pointer_ops,
+                                  lock_ops),
                     min_size=1, max_size=3),
        mode=st.sampled_from(["auto", "required"]))
 def test_restart_without_checksums_never_loads_what_sizes_detect(templates, scratch, ops,
                                                                   mode):
     root, outside = _fresh_copy(templates[False], scratch)
     try:
-        for op in ops:
-            apply(root, op, outside)
-        check_restart(root, ops, mode, checksum=False)
+        effective = [op for op in ops if apply(root, op, outside)]
+        check_restart(root, effective, mode, checksum=False)
     finally:
         _cleanup(root.parent)
 
@@ -466,7 +523,7 @@ CLI_COMMANDS: list[list[str]] = [
 
 
 @fuzz(150)
-@given(ops=st.lists(st.one_of(content_ops, structure_ops, json_ops, pointer_ops),
+@given(ops=st.lists(st.one_of(content_ops, structure_ops, json_ops, pointer_ops, lock_ops),
                     min_size=1, max_size=3))
 def test_every_cli_command_exits_0_1_or_2_without_a_traceback(templates, scratch, ops,
                                                                capsys):
@@ -488,6 +545,7 @@ def test_every_cli_command_exits_0_1_or_2_without_a_traceback(templates, scratch
             assert "Traceback" not in err and "Traceback" not in out, (argv, err)
             if code == 2:
                 assert len(err.strip().splitlines()) == 1, (argv, err)
+            _assert_nothing_outside_touched(root)
     finally:
         _cleanup(root.parent)
 
@@ -497,7 +555,7 @@ def test_the_strategies_reach_every_kind_of_damage():
     kinds = set()
 
     @settings(max_examples=300, derandomize=True, database=None, deadline=None)
-    @given(st.one_of(content_ops, structure_ops, json_ops, pointer_ops))
+    @given(st.one_of(content_ops, structure_ops, json_ops, pointer_ops, lock_ops))
     def collect(op: tuple[Any, ...]) -> None:
         kinds.add(op[0])
 
@@ -505,4 +563,4 @@ def test_the_strategies_reach_every_kind_of_damage():
     assert kinds >= {"flip", "truncate", "append", "random", "delete", "to_dir", "to_fifo",
                      "to_link", "chmod", "epoch_to_link", "epoch_swap", "epoch_delete",
                      "epoch_rename", "json_set", "json_del", "json_entry",
-                     "json_rename_entry", "json_raw", "point", "pointer_kind"}
+                     "json_rename_entry", "json_raw", "point", "pointer_kind", "lock"}

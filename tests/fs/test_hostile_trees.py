@@ -865,3 +865,31 @@ def test_a_failing_keep_deletion_never_fails_a_committed_save(tmp_path, monkeypa
         assert "epoch 1" in (tmp_path / "ckpt.log").read_text()
     finally:
         e.close()
+
+
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.ENOSPC, errno.EDQUOT])
+def test_running_out_of_descriptors_or_inodes_before_the_commit_point_fails_the_save(
+        tmp_path, monkeypatch, code):
+    e = engine(tmp_path)
+    try:
+        assert train(e, [1]) == [1]
+        real = os.open
+        hits = []
+
+        def open_(path: Any, flags: int, *a: Any, **k: Any) -> int:
+            if flags & os.O_CREAT and f"{os.sep}work{os.sep}" in os.fspath(path):
+                hits.append(path)
+                raise OSError(code, os.strerror(code), os.fspath(path))
+            return real(path, flags, *a, **k)
+
+        monkeypatch.setattr(os, "open", open_)
+        with pytest.raises(CheckpointWriteError) as err:
+            train(e, [2])
+        monkeypatch.undo()
+        assert hits, "the fault was never injected"
+        assert err.value.errno == code and "epoch 2" in str(err.value)
+        assert os.readlink(tmp_path / "ckpts" / "last") == "epochs/001"
+        assert not (tmp_path / "ckpts" / "work").exists()
+        assert train(e, [2]) == [2]  # once the fault is gone, saving works again
+    finally:
+        e.close()
