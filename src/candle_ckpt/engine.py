@@ -17,7 +17,7 @@ from typing import Any
 
 from . import params as _params
 from .backend import Backend, NoBackend
-from .commit import Committer, acquire_lock, release_lock
+from .commit import Committer, WriterLock, acquire_writer_lock
 from .errors import CheckpointCorruptError, CkptParamError
 from .integrity import DEFAULT_ALGORITHM, DISABLED, checksum_file
 from .layout import INFO_FILE, CkptKey, Layout, read_info_file
@@ -64,13 +64,17 @@ class CandleCkpt:
         self._preempt = Preemption(self.settings, self._log)
         self._time_last: float | None = None
         self.restart_info: dict[str, Any] | None = None
-        self._lock_key: str | None = None
+        self._lock: WriterLock | None = None
         self._ensure_lock()
-        if self.restart_mode != "off" and self.settings.best_metric_last is None:
-            peeked = self._restorer.peek_best()
-            if peeked is not None:
-                self._best = BestTracker(self.direction.sign, peeked.value, peeked.epoch)
-        self.report_initial()
+        try:
+            if self.restart_mode != "off" and self.settings.best_metric_last is None:
+                peeked = self._restorer.peek_best()
+                if peeked is not None:
+                    self._best = BestTracker(self.direction.sign, peeked.value, peeked.epoch)
+            self.report_initial()
+        except BaseException:  # a constructor that fails must not keep the directory
+            self.close()
+            raise
 
     def _new_backend(self) -> Backend:
         """The backend of this engine (backends' public classes return theirs)."""
@@ -184,12 +188,16 @@ class CandleCkpt:
 
     # ----------------------------------------------------------------- lock, lifetime
     def _ensure_lock(self) -> None:
-        if self._lock_key is None:
-            self._lock_key, first_holder = acquire_lock(self.layout)
-            # Clean a crash's leftovers only when no engine of this process holds the
-            # directory: another one may have a save in flight in work/.
-            if first_holder:
-                self.committer.recover()
+        """Hold the writer lock (taken again after close()); prove it before a save."""
+        if self._lock is None:
+            self._lock = acquire_writer_lock(self.layout.root)
+            try:
+                self.committer.recover()  # a crash's leftovers: we are the only writer
+            except BaseException:
+                self._lock.release()
+                self._lock = None
+                raise
+        self._lock.check()
 
     def wait(self) -> None:
         """Wait for a background save to be committed; raise its error if it failed.
@@ -215,9 +223,9 @@ class CandleCkpt:
             preempt = getattr(self, "_preempt", None)
             if preempt is not None:
                 preempt.stop()
-            key, self._lock_key = getattr(self, "_lock_key", None), None
-            if key is not None:
-                release_lock(key)
+            lock, self._lock = getattr(self, "_lock", None), None
+            if lock is not None:
+                lock.release()
 
     def __enter__(self) -> CandleCkpt:
         return self

@@ -752,10 +752,6 @@ def test_new_errors_derive_from_ckpt_error_and_a_builtin():
 # What the engine must wire (its call sites are the restructure's): a planted ckpt.log,
 # WriterLock.check() before each save, and a failing keep-policy deletion.
 
-_WIRING = "engine/logs.py not yet wired to the safeio/WriterLock functions (issue 11)"
-
-
-@pytest.mark.xfail(strict=False, reason=_WIRING + ": logs.py opens ckpt.log with open('a')")
 def test_a_planted_log_symlink_is_never_appended_to(tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
@@ -801,7 +797,6 @@ def test_an_engine_works_under_a_working_directory_deeper_than_path_max(tmp_path
         os.close(home)
 
 
-@pytest.mark.xfail(strict=False, reason=_WIRING + ": no WriterLock.check() before a save")
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
 def test_a_forked_child_of_a_writer_cannot_save(tmp_path):
     e = engine(tmp_path)
@@ -829,7 +824,6 @@ def test_a_forked_child_of_a_writer_cannot_save(tmp_path):
         e.close()
 
 
-@pytest.mark.xfail(strict=False, reason=_WIRING + ": no WriterLock.check() before a save")
 def test_a_directory_replaced_under_a_running_engine_stops_the_next_save(tmp_path):
     run = tmp_path / "run"
     e = engine(run)
