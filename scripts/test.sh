@@ -3,7 +3,7 @@
 # ruff, mypy, pytest. Needs only Python 3.11 with pip and venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/venv.sh "dev,keras,torch,plot"
+. scripts/venv.sh "dev,keras,torch,jax,plot"
 ruff check src tests benchmarks
 mypy
 python -m pytest -q -p no:cacheprovider "$@"

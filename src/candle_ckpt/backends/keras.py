@@ -680,7 +680,9 @@ class CandleCkptKeras(keras.callbacks.Callback, CandleCkpt):
         model.fit(..., initial_epoch=initial_epoch, callbacks=[ckpt])
 
     The model must be built before ``restart``. If it is compiled only afterwards (as
-    NT3 does), the optimizer state is applied when training begins.
+    NT3 does), the optimizer state is applied when training begins (``on_train_begin``),
+    after checking the optimizer's type and variables: one that does not fit raises
+    ``CheckpointMismatchError`` there, and the state stays pending.
     """
 
     backend_name = "keras"
