@@ -18,19 +18,21 @@ from typing import Any
 from . import params as _params
 from .backend import Backend, NoBackend
 from .commit import Committer, WriterLock, acquire_writer_lock
-from .errors import CheckpointCorruptError, CkptParamError
-from .integrity import DEFAULT_ALGORITHM, DISABLED, checksum_file
-from .layout import INFO_FILE, CkptKey, Layout, read_info_file
+from .errors import CkptParamError
+from .integrity import DEFAULT_ALGORITHM
+from .layout import CkptKey, Layout
 from .logs import CkptLog, check_logger, relpath
-from .params import ParamType
 from .policy import BestTracker, best_direction, should_save
 from .preempt import Preemption
-from .record import SaveRecord, Written, as_metric, to_info
+from .record import SaveRecord
 from .restorer import Restorer
 from .saver import AsyncSaver, KeepRule, Saver
+from .spec import SpecMethods, _metric, read_info_json
+
+__all__ = ["CandleCkpt", "read_info_json"]
 
 
-class CandleCkpt:
+class CandleCkpt(SpecMethods):
     """Checkpoint/restart engine configured by CANDLE hyperparameters.
 
     Args:
@@ -92,32 +94,6 @@ class CandleCkpt:
         self.ckpt_directory, self.metadata = str(s.directory), s.metadata
         self.epoch_max, self.save_weights_only = s.epochs, s.save_weights_only
 
-    def param(self, key: str, dflt: Any, type_: ParamType = ParamType.STRING,
-              allowed: Any = None) -> Any:
-        """Pull key from parameters with type checks and conversions."""
-        return _params.param(self.gParams, key, dflt, type_, allowed)
-
-    def param_allowed(self, key: str, value: Any, allowed: Any) -> None:
-        _params.param_allowed(key, value, allowed)
-
-    def param_type_check(self, key: str, value: Any, type_: ParamType) -> Any:
-        return _params.param_type_check(key, value, type_)
-
-    def param_type_check_bool(self, key: str, value: Any) -> bool:
-        return _params.param_type_check_bool(key, value)
-
-    def param_type_check_int(self, key: str, value: Any, type_: ParamType) -> int:
-        return _params.param_type_check_int(key, value, type_)
-
-    def param_type_check_float(self, key: str, value: Any, type_: ParamType) -> float:
-        return _params.param_type_check_float(key, value, type_)
-
-    def enabled(self, key: str) -> bool:
-        return _params.enabled(self.gParams, key)
-
-    def disabled(self, key: str) -> bool:
-        return _params.disabled(self.gParams, key)
-
     # ----------------------------------------------------------------- state
     @property
     def best_metric_last(self) -> float | None:
@@ -146,20 +122,6 @@ class CandleCkpt:
     @property
     def time_saving(self) -> float:
         return self._saver.time_saving
-
-    # ----------------------------------------------------------------- logging
-    def info(self, message: str) -> None:
-        self._log.info(message)
-
-    def debug(self, message: str) -> None:
-        self._log.debug(message)
-
-    def warning(self, message: str) -> None:
-        self._log.warning(message)
-
-    def relpath(self, p: Any) -> Path:
-        """If Path p is relative to CWD, relativize it and return it."""
-        return relpath(p)
 
     def report_initial(self) -> None:
         """Simply report that we are ready to run."""
@@ -352,57 +314,7 @@ class CandleCkpt:
         self._best = BestTracker(self._best.sign, record.best_metric_last, record.epoch_best)
         self._time_last = record.time
 
-    def write_model(self, dir_work: Any, epoch: int, snapshot: Any = None,
-                    metric_value: float | None = None) -> dict[str, Any]:
-        """Do the I/O into ``dir_work``: the backend's files, then ckpt-info.json last."""
-        record = self._record(int(epoch), _metric(metric_value), False, self._best)
-        if snapshot is None:
-            snapshot = self.backend.capture(live=True)
-        return self._saver.write_work(Path(dir_work), record, snapshot)
-
-    def write_json(self, jsonfile: Any, epoch: int, model_file: str | None = None,
-                   files: dict[str, Any] | None = None,
-                   metric_value: float | None = None) -> dict[str, Any]:
-        """Write the strict ckpt-info.json of a checkpoint (fsynced)."""
-        record = self._record(int(epoch), _metric(metric_value), False, self._best)
-        info = to_info(record, Written(model_file or "", {}), files or {})
-        self.committer.write_info(Path(jsonfile), info)
-        return info
-
-    def checksum(self, dir_work: Any) -> str:
-        """Simple checksum dispatch: the model file's checksum, or "__DISABLED__"."""
-        if not self.checksum_enabled:
-            return DISABLED
-        info = read_info_file(Path(dir_work) / INFO_FILE)
-        return checksum_file(Path(dir_work) / str(info.get("model_file")), DEFAULT_ALGORITHM)
-
-    def checksum_file(self, filename: Any) -> str:
-        """Read file, compute checksum, return it as a string."""
-        return checksum_file(filename, DEFAULT_ALGORITHM)
-
-    def symlink(self, src: Any, dst: Any) -> None:
-        """Like os.symlink, but relative, atomic (os.replace) and logged."""
-        epoch = int(Path(src).name)
-        self.committer.point(Path(dst).name, epoch)
-        self.debug(f"linked {relpath(dst)} -> {self.layout.pointer_text(epoch)}")
-
-    # ----------------------------------------------------------------- keep policy
-    def keep(self, epoch: int, epoch_now: int, kept: int) -> bool:
-        """The original linear rule: keep the newest, the best, and up to keep_limit."""
-        return epoch == epoch_now or epoch == self.epoch_best or kept < self.keep_limit
-
-    def clean(self, epoch_now: int) -> tuple[int, int]:
-        """Delete this run's old checkpoints per the keep policy; (kept, deleted)."""
-        return self._saver.clean(epoch_now, self.epoch_best)
-
-    def delete(self, epoch: int) -> None:
-        self._saver.delete(epoch)
-
     # ----------------------------------------------------------------- restart
-    def restart_json(self, directory: Any) -> dict[str, Any]:
-        """Read a checkpoint directory's ckpt-info.json."""
-        return read_info_json(directory)
-
     def _attach_model(self, model: Any) -> None:
         """Hook: ``restart(model)`` hands the model to the backend here."""
 
@@ -432,23 +344,6 @@ class CandleCkpt:
             self._best = BestTracker(self._best.sign, result.best.value, result.best.epoch)
         return result.J
 
-    def build_model(self, model_file: Any) -> None:
-        """Load the state from a checkpoint's model file (its directory's files)."""
-        directory = Path(model_file).parent
-        restored = self.backend.load(directory, read_info_json(directory))
-        for note in restored.apply():
-            self.warning(note)
-
-
-def read_info_json(directory: Any) -> dict[str, Any]:
-    """A checkpoint directory's ckpt-info.json, or CheckpointCorruptError saying why not."""
-    path = Path(directory) / INFO_FILE
-    try:
-        return read_info_file(path)
-    except (OSError, ValueError, RecursionError) as err:
-        raise CheckpointCorruptError(f"{path}: cannot be read: {err}") from err
-
-
 def _make_directory(d: Path) -> None:
     """Create ``ckpt_directory``, or CkptParamError saying why it cannot be used."""
     if d.exists() and not d.is_dir():
@@ -464,15 +359,6 @@ def _make_directory(d: Path) -> None:
     except OSError as err:
         raise CkptParamError(
             f"parameter 'ckpt_directory': value {str(d)!r} cannot be created: {err}") from err
-
-
-def _metric(value: Any) -> float | None:
-    try:
-        return as_metric(value)
-    except ValueError:
-        raise CkptParamError(
-            f"metric_value: value {value!r} is not a number; pass the epoch's metric"
-        ) from None
 
 
 def _direction(direction: Any) -> str:

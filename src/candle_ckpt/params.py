@@ -99,9 +99,6 @@ def param_type_check_float(key: str, value: Any, type_: ParamType) -> float:
     except OverflowError:
         raise CkptParamError(f"parameter {key!r}: value {_short(value)} is too large for a "
                              "float; give a finite number") from None
-    if math.isinf(result):
-        raise CkptParamError(f"parameter {key!r}: value {value!r} is infinite; give a finite "
-                             "number")
     if type_ == ParamType.FLOAT_NN and not result >= 0:
         raise CkptParamError(f"parameter {key!r}: value {result} must be a number >= 0")
     return result

@@ -327,8 +327,7 @@ def test_top_level_names_are_the_params_functions():
 
 @pytest.mark.parametrize(("key", "value", "says"), [
     ("ckpt_best_metric_last", 10 ** 400, "too large"),
-    ("ckpt_best_metric_last", "1e999", "infinite"),
-    ("ckpt_best_metric_last", float("-inf"), "infinite"),
+    ("ckpt_best_metric_last", -(10 ** 400), "too large"),
     ("ckpt_walltime_margin", 10 ** 400, "too large"),
     ("ckpt_directory", "runs/a\0b", "NUL"),
     ("output_dir", "out\0put", "NUL"),
