@@ -46,12 +46,13 @@ class CandleCkpt(SpecMethods):
     """
 
     backend_name = "none"
+    _quiet_start = False
 
     def __init__(self, gParameters: Any = None, logger: Any = "DEFAULT", verbose: bool = True):
         self.verbose = verbose
         self.scan_params(gParameters)
         check_logger(logger)  # before the directory is created: a bad argument writes nothing
-        _make_directory(self.settings.directory)
+        _make_directory(self.settings.directory, self.settings.directory_source)
         self.layout = Layout.ours(self.settings.directory)
         self._log = CkptLog(self.layout.log_file, logger, verbose)
         self.backend: Backend = self._new_backend()
@@ -125,6 +126,8 @@ class CandleCkpt(SpecMethods):
 
     def report_initial(self) -> None:
         """Simply report that we are ready to run."""
+        if self._quiet_start:  # a module-level restart(): the callback reports the run
+            return
         s = self.settings
         source = getattr(s, "directory_source", None)
         self.info(
@@ -344,21 +347,22 @@ class CandleCkpt(SpecMethods):
             self._best = BestTracker(self._best.sign, result.best.value, result.best.epoch)
         return result.J
 
-def _make_directory(d: Path) -> None:
-    """Create ``ckpt_directory``, or CkptParamError saying why it cannot be used."""
+def _make_directory(d: Path, source: str) -> None:
+    """Create the checkpoint root, or CkptParamError naming the parameter it came from."""
+    key = "output_dir" if source.startswith("output_dir") else "ckpt_directory"
     if d.exists() and not d.is_dir():
-        raise CkptParamError(f"parameter 'ckpt_directory': value {str(d)!r} is a file; "
+        raise CkptParamError(f"parameter {key!r}: value {str(d)!r} is a file; "
                              "give a directory (it is created if missing)")
     probe = d if d.exists() else next((p for p in d.parents if p.exists()), Path("."))
     if not os.access(probe, os.W_OK | os.X_OK):
         raise CkptParamError(
-            f"parameter 'ckpt_directory': value {str(d)!r} is not writable "
+            f"parameter {key!r}: value {str(d)!r} is not writable "
             f"({str(probe)!r} denies write access); give a writable directory")
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise CkptParamError(
-            f"parameter 'ckpt_directory': value {str(d)!r} cannot be created: {err}") from err
+            f"parameter {key!r}: value {str(d)!r} cannot be created: {err}") from err
 
 
 def _direction(direction: Any) -> str:

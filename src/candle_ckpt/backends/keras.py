@@ -801,11 +801,18 @@ def restart(gParameters: Any, model: Any, verbose: bool = True) -> dict[str, Any
         The checkpoint's ckpt-info.json dict (``J["epoch"]`` is the ``initial_epoch``),
         or None when there was nothing to restart from.
     """
-    ckpt = CandleCkptKeras(gParameters, verbose=verbose)
+    ckpt = _RestartOnly(gParameters, verbose=verbose)
     try:
         return ckpt.restart(model, verbose)
     finally:
         ckpt.close()
+
+
+class _RestartOnly(CandleCkptKeras):
+    """The engine of a module-level restart(): it does not report a run of its own (the
+    callback built afterwards does, so the console says "checkpointing into" once)."""
+
+    _quiet_start = True
 
 
 def restart_json(gParameters: Any, logger: Any, directory: Any) -> dict[str, Any]:
