@@ -52,19 +52,19 @@ class CandleCkpt(SpecMethods):
         self.verbose = verbose
         self.scan_params(gParameters)
         check_logger(logger)  # before the directory is created: a bad argument writes nothing
+        self._preempt = Preemption(self.settings)  # parses ckpt_signals, ckpt_walltime_end
         _make_directory(self.settings.directory, self.settings.directory_source)
         self.layout = Layout.ours(self.settings.directory)
-        self._log = CkptLog(self.layout.log_file, logger, verbose)
+        self._log = self._preempt.log = CkptLog(self.layout.log_file, logger, verbose)
         self.backend: Backend = self._new_backend()
         self.direction = best_direction(self.save_best_metric, self.settings.save_best_mode)
         self._best = BestTracker(self.direction.sign, self.settings.best_metric_last)
-        self.committer = Committer(self.layout, self.info)
+        self.committer = Committer(self.layout, self._log.info)
         keep = KeepRule(self.keep_mode, self.keep_limit)
         self._saver = Saver(self.layout, self.committer, self.backend, self._log, keep)
         self._async = AsyncSaver(self._saver) if self.settings.async_save else None
         self._restorer = Restorer(self.settings.directory, self.restart_mode,
                                   self.checksum_enabled, self._log)
-        self._preempt = Preemption(self.settings, self._log)
         self._time_last: float | None = None
         self.restart_info: dict[str, Any] | None = None
         self._lock: WriterLock | None = None

@@ -23,3 +23,11 @@ def test_the_start_report_names_the_root_and_why_once(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("checkpointing into") == 1
     assert "output_dir (ckpt_directory is not set)" in out
+
+
+def test_a_bad_signal_name_writes_nothing(tmp_path):
+    root = tmp_path / "run"
+    with pytest.raises(CkptParamError, match="ckpt_signals"):
+        CandleCkptFiles({"epochs": 2, "ckpt_directory": str(root), "ckpt_signals": "SIGFOO"},
+                        logger=None)
+    assert not root.exists()
