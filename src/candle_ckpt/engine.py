@@ -74,7 +74,7 @@ class CandleCkpt(SpecMethods):
                 peeked = self._restorer.peek_best()
                 if peeked is not None:
                     self._best = BestTracker(self.direction.sign, peeked.value, peeked.epoch)
-            self.report_initial()
+            self._report_start()
         except BaseException:  # a constructor that fails must not keep the directory
             self.close()
             raise
@@ -126,11 +126,18 @@ class CandleCkpt(SpecMethods):
 
     def report_initial(self) -> None:
         """Simply report that we are ready to run."""
+        self._report_start()
+
+    def report_final(self) -> None:
+        """Report what this run saved, its best, and the time spent saving."""
+        self._report_end()
+
+    def _report_start(self) -> None:
         if self._quiet_start:  # a module-level restart(): the callback reports the run
             return
         s = self.settings
         source = getattr(s, "directory_source", None)
-        self.info(
+        self._log.info(
             f"checkpointing into {relpath(s.directory)}"
             + (f" ({source})" if source else "")
             + f": restart_mode={s.restart_mode} save_best={s.save_best} "
@@ -138,13 +145,13 @@ class CandleCkpt(SpecMethods):
             f"interval={s.save_interval} skip={s.skip_epochs} keep={s.keep_mode}/"
             f"{s.keep_limit} checksum={s.checksum} backend={self.backend_name}"
         )
-        self.info(self._preempt.describe())
+        self._log.info(self._preempt.describe())
         if s.save_interval == 0:
-            self.info("ckpt_save_interval=0: no checkpoint is saved in this run (no interval, "
+            self._log.info("ckpt_save_interval=0: no checkpoint is saved in this run (no interval, "
                       "best or final-epoch checkpoints); restart still reads existing ones")
 
-    def report_final(self) -> None:
-        self.info(
+    def _report_end(self) -> None:
+        self._log.info(
             f"checkpoints written this run: {len(self.epochs)}"
             f" (epochs {', '.join(map(str, self.epochs)) or 'none'}); best epoch "
             f"{self.epoch_best} {self.save_best_metric}={self.best_metric_last}; "
@@ -209,7 +216,7 @@ class CandleCkpt(SpecMethods):
         try:
             self.wait()
         finally:
-            self.report_final()
+            self._report_end()
             self.close()
 
     # ----------------------------------------------------------------- saving
@@ -236,7 +243,7 @@ class CandleCkpt(SpecMethods):
         sign = self.direction.sign if direction is None else _direction(direction)
         metric = _metric(metric_value)
         if self._preempt.stop_requested:
-            self.info(f"epoch {epoch_now}: not saved as complete; training was stopped "
+            self._log.info(f"epoch {epoch_now}: not saved as complete; training was stopped "
                       "mid-epoch (its mid-epoch checkpoint is the one to resume from)")
             return False
         self._ensure_lock()
@@ -279,7 +286,7 @@ class CandleCkpt(SpecMethods):
         if due is None:
             return False
         self._preempt.stop_requested = True
-        self.warning(f"{reason}: saved a mid-epoch checkpoint (epoch {epoch_done} + {batches} "
+        self._log.warning(f"{reason}: saved a mid-epoch checkpoint (epoch {epoch_done} + {batches} "
                      "batches); stopping training")
         self._preempt.after_stop_save(due)
         return True
@@ -295,7 +302,7 @@ class CandleCkpt(SpecMethods):
         decision = should_save(epoch, epochs_total=self.epoch_max, skip_epochs=self.skip_epochs,
                                save_interval=self.save_interval, save_best=self.save_best,
                                is_new_best=is_best)
-        self.debug(f"epoch {epoch}: {'saving' if decision.save else 'not saving'} "
+        self._log.debug(f"epoch {epoch}: {'saving' if decision.save else 'not saving'} "
                    f"({decision.reason})")
         if not decision.save:
             return None
@@ -333,7 +340,7 @@ class CandleCkpt(SpecMethods):
         if model is not None:
             self._attach_model(model)
         if self.restart_mode == "off":
-            self.info("ckpt_restart_mode='off': not restarting")
+            self._log.info("ckpt_restart_mode='off': not restarting")
             return None
         self._ensure_lock()
         result = self._restorer.restart(self.backend, verbose)
