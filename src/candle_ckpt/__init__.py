@@ -57,7 +57,8 @@ def __getattr__(name: str) -> Any:
             module = importlib.import_module(f".{module_name}", __name__)
         except ImportError as err:
             raise ImportError(
-                f"candle_ckpt.{name} needs the {extra} extra: pip install 'candle-ckpt[{extra}]'"
+                f"candle_ckpt.{name} needs the {extra} extra: in the candle-ckpt clone, "
+                f"pip install -e '.[{extra}]'"
                 f" ({err})"
             ) from err
         value = getattr(module, name)

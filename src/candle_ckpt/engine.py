@@ -17,7 +17,7 @@ from typing import Any
 
 from . import params as _params
 from .backend import Backend, NoBackend
-from .commit import Committer, acquire_lock, release_lock
+from .commit import Committer, WriterLock, acquire_writer_lock
 from .distributed import (
     CaptureFailed,
     Coordinator,
@@ -26,19 +26,21 @@ from .distributed import (
     decide_together,
     restart_together,
 )
-from .errors import CheckpointCorruptError, CkptParamError
-from .integrity import DEFAULT_ALGORITHM, DISABLED, checksum_file
-from .layout import INFO_FILE, CkptKey, Layout, read_info_file
+from .errors import CkptParamError
+from .integrity import DEFAULT_ALGORITHM
+from .layout import CkptKey, Layout
 from .logs import CkptLog, check_logger, relpath
-from .params import ParamType
 from .policy import BestTracker, best_direction, should_save
 from .preempt import Preemption
-from .record import SaveRecord, Written, as_metric, to_info
+from .record import SaveRecord
 from .restorer import Restorer
 from .saver import AsyncSaver, KeepRule, Saver
+from .spec import SpecMethods, _metric, read_info_json
+
+__all__ = ["CandleCkpt", "read_info_json"]
 
 
-class CandleCkpt:
+class CandleCkpt(SpecMethods):
     """Checkpoint/restart engine configured by CANDLE hyperparameters.
 
     Args:
@@ -52,22 +54,25 @@ class CandleCkpt:
     """
 
     backend_name = "none"
+    _quiet_start = False
 
     def __init__(self, gParameters: Any = None, logger: Any = "DEFAULT", verbose: bool = True):
         self.verbose = verbose
         self.scan_params(gParameters)
         check_logger(logger)  # before the directory is created: a bad argument writes nothing
+        self._preempt = Preemption(self.settings)  # parses ckpt_signals, ckpt_walltime_end
         # Multi-process: only rank 0 (the writer) touches the tree; see distributed.py.
         self._dist: Coordinator | None = self._new_coordinator()
         self._writer = self._dist is None or self._dist.is_writer
         if self._writer:
-            _make_directory(self.settings.directory)
+            _make_directory(self.settings.directory, self.settings.directory_source)
         self.layout = Layout.ours(self.settings.directory)
-        self._log = CkptLog(self.layout.log_file if self._writer else None, logger, verbose)
+        self._log = self._preempt.log = CkptLog(
+            self.layout.log_file if self._writer else None, logger, verbose)
         self.backend: Backend = self._new_backend()
         self.direction = best_direction(self.save_best_metric, self.settings.save_best_mode)
         self._best = BestTracker(self.direction.sign, self.settings.best_metric_last)
-        self.committer = Committer(self.layout, self.info)
+        self.committer = Committer(self.layout, self._log.info)
         keep = KeepRule(self.keep_mode, self.keep_limit)
         self._saver = Saver(self.layout, self.committer, self.backend, self._log, keep) \
             if self._dist is None else DistributedSaver(
@@ -75,18 +80,21 @@ class CandleCkpt:
         self._async = AsyncSaver(self._saver) if self.settings.async_save else None
         self._restorer = Restorer(self.settings.directory, self.restart_mode,
                                   self.checksum_enabled, self._log)
-        self._preempt = Preemption(self.settings, self._log)
         self._time_last: float | None = None
         self.restart_info: dict[str, Any] | None = None
-        self._lock_key: str | None = None
+        self._lock: WriterLock | None = None
         self._ensure_lock()
-        if self.restart_mode != "off" and self.settings.best_metric_last is None:
-            peeked = self._restorer.peek_best() if self._writer else None
-            if self._dist is not None:
-                peeked = self._dist.broadcast(peeked)
-            if peeked is not None:
-                self._best = BestTracker(self.direction.sign, peeked.value, peeked.epoch)
-        self.report_initial()
+        try:
+            if self.restart_mode != "off" and self.settings.best_metric_last is None:
+                peeked = self._restorer.peek_best() if self._writer else None
+                if self._dist is not None:
+                    peeked = self._dist.broadcast(peeked)
+                if peeked is not None:
+                    self._best = BestTracker(self.direction.sign, peeked.value, peeked.epoch)
+            self._report_start()
+        except BaseException:  # a constructor that fails must not keep the directory
+            self.close()
+            raise
 
     def _new_backend(self) -> Backend:
         """The backend of this engine (backends' public classes return theirs)."""
@@ -107,32 +115,6 @@ class CandleCkpt:
         self.keep_mode, self.keep_limit = s.keep_mode, s.keep_limit
         self.ckpt_directory, self.metadata = str(s.directory), s.metadata
         self.epoch_max, self.save_weights_only = s.epochs, s.save_weights_only
-
-    def param(self, key: str, dflt: Any, type_: ParamType = ParamType.STRING,
-              allowed: Any = None) -> Any:
-        """Pull key from parameters with type checks and conversions."""
-        return _params.param(self.gParams, key, dflt, type_, allowed)
-
-    def param_allowed(self, key: str, value: Any, allowed: Any) -> None:
-        _params.param_allowed(key, value, allowed)
-
-    def param_type_check(self, key: str, value: Any, type_: ParamType) -> Any:
-        return _params.param_type_check(key, value, type_)
-
-    def param_type_check_bool(self, key: str, value: Any) -> bool:
-        return _params.param_type_check_bool(key, value)
-
-    def param_type_check_int(self, key: str, value: Any, type_: ParamType) -> int:
-        return _params.param_type_check_int(key, value, type_)
-
-    def param_type_check_float(self, key: str, value: Any, type_: ParamType) -> float:
-        return _params.param_type_check_float(key, value, type_)
-
-    def enabled(self, key: str) -> bool:
-        return _params.enabled(self.gParams, key)
-
-    def disabled(self, key: str) -> bool:
-        return _params.disabled(self.gParams, key)
 
     # ----------------------------------------------------------------- state
     @property
@@ -163,25 +145,20 @@ class CandleCkpt:
     def time_saving(self) -> float:
         return self._saver.time_saving
 
-    # ----------------------------------------------------------------- logging
-    def info(self, message: str) -> None:
-        self._log.info(message)
-
-    def debug(self, message: str) -> None:
-        self._log.debug(message)
-
-    def warning(self, message: str) -> None:
-        self._log.warning(message)
-
-    def relpath(self, p: Any) -> Path:
-        """If Path p is relative to CWD, relativize it and return it."""
-        return relpath(p)
-
     def report_initial(self) -> None:
         """Simply report that we are ready to run."""
+        self._report_start()
+
+    def report_final(self) -> None:
+        """Report what this run saved, its best, and the time spent saving."""
+        self._report_end()
+
+    def _report_start(self) -> None:
+        if self._quiet_start:  # a module-level restart(): the callback reports the run
+            return
         s = self.settings
         source = getattr(s, "directory_source", None)
-        self.info(
+        self._log.info(
             f"checkpointing into {relpath(s.directory)}"
             + (f" ({source})" if source else "")
             + f": restart_mode={s.restart_mode} save_best={s.save_best} "
@@ -189,13 +166,13 @@ class CandleCkpt:
             f"interval={s.save_interval} skip={s.skip_epochs} keep={s.keep_mode}/"
             f"{s.keep_limit} checksum={s.checksum} backend={self.backend_name}"
         )
-        self.info(self._preempt.describe())
+        self._log.info(self._preempt.describe())
         if s.save_interval == 0:
-            self.info("ckpt_save_interval=0: no checkpoint is saved in this run (no interval, "
+            self._log.info("ckpt_save_interval=0: no checkpoint is saved in this run (no interval, "
                       "best or final-epoch checkpoints); restart still reads existing ones")
 
-    def report_final(self) -> None:
-        self.info(
+    def _report_end(self) -> None:
+        self._log.info(
             f"checkpoints written this run: {len(self.epochs)}"
             f" (epochs {', '.join(map(str, self.epochs)) or 'none'}); best epoch "
             f"{self.epoch_best} {self.save_best_metric}={self.best_metric_last}; "
@@ -204,12 +181,18 @@ class CandleCkpt:
 
     # ----------------------------------------------------------------- lock, lifetime
     def _ensure_lock(self) -> None:
-        if self._lock_key is None and self._writer:
-            self._lock_key, first_holder = acquire_lock(self.layout)
-            # Clean a crash's leftovers only when no engine of this process holds the
-            # directory: another one may have a save in flight in work/.
-            if first_holder:
-                self.committer.recover()
+        """Hold the writer lock (taken again after close()); prove it before a save."""
+        if not self._writer:
+            return  # multi-process: rank 0 holds it for all
+        if self._lock is None:
+            self._lock = acquire_writer_lock(self.layout.root)
+            try:
+                self.committer.recover()  # a crash's leftovers: we are the only writer
+            except BaseException:
+                self._lock.release()
+                self._lock = None
+                raise
+        self._lock.check()
 
     def wait(self) -> None:
         """Wait for a background save to be committed; raise its error if it failed.
@@ -235,9 +218,9 @@ class CandleCkpt:
             preempt = getattr(self, "_preempt", None)
             if preempt is not None:
                 preempt.stop()
-            key, self._lock_key = getattr(self, "_lock_key", None), None
-            if key is not None:
-                release_lock(key)
+            lock, self._lock = getattr(self, "_lock", None), None
+            if lock is not None:
+                lock.release()
 
     def __enter__(self) -> CandleCkpt:
         return self
@@ -256,7 +239,7 @@ class CandleCkpt:
         try:
             self.wait()
         finally:
-            self.report_final()
+            self._report_end()
             self.close()
 
     # ----------------------------------------------------------------- saving
@@ -283,7 +266,7 @@ class CandleCkpt:
         sign = self.direction.sign if direction is None else _direction(direction)
         metric = _metric(metric_value)
         if self._preempt.stop_requested:
-            self.info(f"epoch {epoch_now}: not saved as complete; training was stopped "
+            self._log.info(f"epoch {epoch_now}: not saved as complete; training was stopped "
                       "mid-epoch (its mid-epoch checkpoint is the one to resume from)")
             return False
         self._ensure_lock()
@@ -307,6 +290,16 @@ class CandleCkpt:
         else:
             self._saver.save(record, self._capture(live=True))
             self._adopt(record)
+
+    def _capture(self, live: bool) -> Any:
+        """The backend's snapshot; multi-process, a failure travels to the collective save
+        (every rank must reach it, or the others would wait there forever)."""
+        if self._dist is None:
+            return self.backend.capture(live)
+        try:
+            return self.backend.capture(live)
+        except Exception as err:
+            return CaptureFailed(err)
 
     def ckpt_batch(self, epoch: int, batch: int) -> bool:
         """Call after each optimizer step: saves mid-epoch when a stop or a time save is due.
@@ -333,21 +326,11 @@ class CandleCkpt:
         if due is None:
             return False
         self._preempt.stop_requested = True
-        self.warning(f"{reason}: saved a mid-epoch checkpoint (epoch {epoch_done} + {batches} "
+        self._log.warning(f"{reason}: saved a mid-epoch checkpoint (epoch {epoch_done} + {batches} "
                      "batches); stopping training")
         if self._writer:  # one requeue per job, not one per rank
             self._preempt.after_stop_save(due)
         return True
-
-    def _capture(self, live: bool) -> Any:
-        """The backend's snapshot; multi-process, a failure travels to the collective save
-        (every rank must reach it, or the others would wait there forever)."""
-        if self._dist is None:
-            return self.backend.capture(live)
-        try:
-            return self.backend.capture(live)
-        except Exception as err:
-            return CaptureFailed(err)
 
     @property
     def stop_requested(self) -> bool:
@@ -360,7 +343,7 @@ class CandleCkpt:
         decision = should_save(epoch, epochs_total=self.epoch_max, skip_epochs=self.skip_epochs,
                                save_interval=self.save_interval, save_best=self.save_best,
                                is_new_best=is_best)
-        self.debug(f"epoch {epoch}: {'saving' if decision.save else 'not saving'} "
+        self._log.debug(f"epoch {epoch}: {'saving' if decision.save else 'not saving'} "
                    f"({decision.reason})")
         if not decision.save:
             return None
@@ -382,57 +365,7 @@ class CandleCkpt:
         self._best = BestTracker(self._best.sign, record.best_metric_last, record.epoch_best)
         self._time_last = record.time
 
-    def write_model(self, dir_work: Any, epoch: int, snapshot: Any = None,
-                    metric_value: float | None = None) -> dict[str, Any]:
-        """Do the I/O into ``dir_work``: the backend's files, then ckpt-info.json last."""
-        record = self._record(int(epoch), _metric(metric_value), False, self._best)
-        if snapshot is None:
-            snapshot = self.backend.capture(live=True)
-        return self._saver.write_work(Path(dir_work), record, snapshot)
-
-    def write_json(self, jsonfile: Any, epoch: int, model_file: str | None = None,
-                   files: dict[str, Any] | None = None,
-                   metric_value: float | None = None) -> dict[str, Any]:
-        """Write the strict ckpt-info.json of a checkpoint (fsynced)."""
-        record = self._record(int(epoch), _metric(metric_value), False, self._best)
-        info = to_info(record, Written(model_file or "", {}), files or {})
-        self.committer.write_info(Path(jsonfile), info)
-        return info
-
-    def checksum(self, dir_work: Any) -> str:
-        """Simple checksum dispatch: the model file's checksum, or "__DISABLED__"."""
-        if not self.checksum_enabled:
-            return DISABLED
-        info = read_info_file(Path(dir_work) / INFO_FILE)
-        return checksum_file(Path(dir_work) / str(info.get("model_file")), DEFAULT_ALGORITHM)
-
-    def checksum_file(self, filename: Any) -> str:
-        """Read file, compute checksum, return it as a string."""
-        return checksum_file(filename, DEFAULT_ALGORITHM)
-
-    def symlink(self, src: Any, dst: Any) -> None:
-        """Like os.symlink, but relative, atomic (os.replace) and logged."""
-        epoch = int(Path(src).name)
-        self.committer.point(Path(dst).name, epoch)
-        self.debug(f"linked {relpath(dst)} -> {self.layout.pointer_text(epoch)}")
-
-    # ----------------------------------------------------------------- keep policy
-    def keep(self, epoch: int, epoch_now: int, kept: int) -> bool:
-        """The original linear rule: keep the newest, the best, and up to keep_limit."""
-        return epoch == epoch_now or epoch == self.epoch_best or kept < self.keep_limit
-
-    def clean(self, epoch_now: int) -> tuple[int, int]:
-        """Delete this run's old checkpoints per the keep policy; (kept, deleted)."""
-        return self._saver.clean(epoch_now, self.epoch_best)
-
-    def delete(self, epoch: int) -> None:
-        self._saver.delete(epoch)
-
     # ----------------------------------------------------------------- restart
-    def restart_json(self, directory: Any) -> dict[str, Any]:
-        """Read a checkpoint directory's ckpt-info.json."""
-        return read_info_json(directory)
-
     def _attach_model(self, model: Any) -> None:
         """Hook: ``restart(model)`` hands the model to the backend here."""
 
@@ -448,7 +381,7 @@ class CandleCkpt:
         if model is not None:
             self._attach_model(model)
         if self.restart_mode == "off":
-            self.info("ckpt_restart_mode='off': not restarting")
+            self._log.info("ckpt_restart_mode='off': not restarting")
             return None
         self._ensure_lock()
         if self._dist is None:
@@ -465,47 +398,22 @@ class CandleCkpt:
             self._best = BestTracker(self._best.sign, result.best.value, result.best.epoch)
         return result.J
 
-    def build_model(self, model_file: Any) -> None:
-        """Load the state from a checkpoint's model file (its directory's files)."""
-        directory = Path(model_file).parent
-        restored = self.backend.load(directory, read_info_json(directory))
-        for note in restored.apply():
-            self.warning(note)
-
-
-def read_info_json(directory: Any) -> dict[str, Any]:
-    """A checkpoint directory's ckpt-info.json, or CheckpointCorruptError saying why not."""
-    path = Path(directory) / INFO_FILE
-    try:
-        return read_info_file(path)
-    except (OSError, ValueError, RecursionError) as err:
-        raise CheckpointCorruptError(f"{path}: cannot be read: {err}") from err
-
-
-def _make_directory(d: Path) -> None:
-    """Create ``ckpt_directory``, or CkptParamError saying why it cannot be used."""
+def _make_directory(d: Path, source: str) -> None:
+    """Create the checkpoint root, or CkptParamError naming the parameter it came from."""
+    key = "output_dir" if source.startswith("output_dir") else "ckpt_directory"
     if d.exists() and not d.is_dir():
-        raise CkptParamError(f"parameter 'ckpt_directory': value {str(d)!r} is a file; "
+        raise CkptParamError(f"parameter {key!r}: value {str(d)!r} is a file; "
                              "give a directory (it is created if missing)")
     probe = d if d.exists() else next((p for p in d.parents if p.exists()), Path("."))
     if not os.access(probe, os.W_OK | os.X_OK):
         raise CkptParamError(
-            f"parameter 'ckpt_directory': value {str(d)!r} is not writable "
+            f"parameter {key!r}: value {str(d)!r} is not writable "
             f"({str(probe)!r} denies write access); give a writable directory")
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise CkptParamError(
-            f"parameter 'ckpt_directory': value {str(d)!r} cannot be created: {err}") from err
-
-
-def _metric(value: Any) -> float | None:
-    try:
-        return as_metric(value)
-    except ValueError:
-        raise CkptParamError(
-            f"metric_value: value {value!r} is not a number; pass the epoch's metric"
-        ) from None
+            f"parameter {key!r}: value {str(d)!r} cannot be created: {err}") from err
 
 
 def _direction(direction: Any) -> str:

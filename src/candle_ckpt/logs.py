@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CkptParamError
+from .safeio import append_log_line, check_log_file, one_line
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 _setup_guard = threading.Lock()
@@ -32,16 +33,20 @@ class _AppendHandler(logging.Handler):
         self.path = path
 
     def emit(self, record: logging.LogRecord) -> None:
+        # One write of one escaped line, O_NOFOLLOW: a planted link is refused, never
+        # appended to, and no string from a checkpoint can forge a line.
         try:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(self.format(record) + "\n")
+            append_log_line(self.path, self.format(record))
         except OSError:
             self.handleError(record)
 
 
 def file_logger(path: Path) -> logging.Logger:
     """One logger and one handler per ckpt.log, however many engines use it."""
-    key = os.path.realpath(path)
+    try:
+        key = os.path.realpath(path)
+    except OSError:  # e.g. a working directory deeper than PATH_MAX: keep it relative
+        key = os.fspath(path)
     with _setup_guard:
         # Keyed by the exact path, not by a logger name derived from it: logging treats
         # "." as a hierarchy separator, and any escaping of it lets two paths collide.
@@ -103,8 +108,11 @@ class CkptLog:
     """One engine's messages: to ckpt.log always, to the console per ``verbose``."""
 
     def __init__(self, log_file: Path | None, logger: Any, verbose: bool) -> None:
+        """Raises: UnsafeFileError (ckpt.log is a link, FIFO, device or directory)."""
         check_logger(logger)
         # None: no ckpt.log (a distributed run's ranks but 0 never write into the tree).
+        if log_file is not None:
+            check_log_file(log_file)
         self._file = file_logger(log_file) if log_file is not None else None
         self._console_min = logging.NOTSET  # least severe level shown on the console
         if logger == "DEFAULT":
@@ -114,10 +122,15 @@ class CkptLog:
             self._console = logger
 
     def say(self, level: int, message: str) -> None:
-        if self._file is not None:
-            self._file.log(level, message)
-        if self._console is not None and level >= self._console_min:
-            self._console.log(level, message)
+        """Log one message; never raises (a failing log must not fail a save)."""
+        message = one_line(message)  # a newline in a checkpoint's name forges no line
+        try:
+            if self._file is not None:
+                self._file.log(level, message)
+            if self._console is not None and level >= self._console_min:
+                self._console.log(level, message)
+        except Exception:  # logging's own handleError reports handler failures
+            pass
 
     def info(self, message: str) -> None:
         self.say(logging.INFO, message)

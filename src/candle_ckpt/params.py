@@ -96,6 +96,9 @@ def param_type_check_float(key: str, value: Any, type_: ParamType) -> float:
         result = float(value.strip() if isinstance(value, str) else value)
     except (TypeError, ValueError):
         raise CkptParamTypeError(f"parameter {key!r}: value {value!r} is not a number") from None
+    except OverflowError:
+        raise CkptParamError(f"parameter {key!r}: value {_short(value)} is too large for a "
+                             "float; give a finite number") from None
     if type_ == ParamType.FLOAT_NN and not result >= 0:
         raise CkptParamError(f"parameter {key!r}: value {result} must be a number >= 0")
     return result
@@ -342,7 +345,17 @@ def _non_empty(key: str, directory: str) -> str:
         raise CkptParamError(
             f"parameter {key!r}: value {directory!r} is empty; give a directory path"
         )
+    if "\0" in directory:
+        raise CkptParamError(
+            f"parameter {key!r}: value {directory!r} contains a NUL character, which no "
+            "path can hold; give a directory path"
+        )
     return directory
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:20] + "..." + text[-10:]
 
 
 def _str2bool(text: str) -> bool:

@@ -173,8 +173,8 @@ def requeue(log: Callable[[str], None]) -> bool:
 class Preemption:
     """When to save mid-epoch: a stop signal, the wall-clock limit, or a time interval."""
 
-    def __init__(self, settings: Any, log: Any) -> None:
-        self.log = log
+    def __init__(self, settings: Any, log: Any = None) -> None:
+        self.log = log  # the engine's CkptLog, set once the directory exists
         self.watch = SignalWatch(parse_signals(settings.signals))
         self.end, self.end_source = parse_walltime_end(settings.walltime_end)
         self.margin = float(settings.walltime_margin)

@@ -5,6 +5,12 @@ Saves a checkpoint of a small Adam model, then restarts into a model that does n
 RNG file is damaged (``rng``), and prints JSON: the error class, its message, and
 whether every live value (weights, optimizer variables, seed generators, global RNGs)
 is bit-identical to before the restart.
+
+The ``late-*`` cases restart before ``compile`` (NT3's order), so the optimizer state is
+checked only when ``fit`` begins: compiled with SGD (``late-optimizer``) or with an
+AMSGrad Adam, which has more variables (``late-count``). They print the error ``fit``
+raised, whether the optimizer kept its fresh state, and the error of a second ``fit``
+(the checkpoint's state must stay pending, not be dropped).
 """
 
 from __future__ import annotations
@@ -42,6 +48,31 @@ def live(model: keras.Model) -> list[np.ndarray]:
     return values
 
 
+def late_restart(case: str, params: dict[str, object], x: np.ndarray) -> dict[str, object]:
+    """Restart into an uncompiled model, compile it with an optimizer that does not fit."""
+    keras.utils.set_random_seed(3)
+    target = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                               keras.layers.Dropout(0.3), keras.layers.Dense(1)])
+    ckpt = candle.CandleCkptKeras(params, logger=None)
+    ckpt.set_model(target)
+    J = ckpt.restart(target)
+    assert J is not None and J["epoch"] == 2
+    opt = keras.optimizers.SGD(1e-2) if case == "late-optimizer" else \
+        keras.optimizers.Adam(1e-2, amsgrad=True)
+    target.compile(optimizer=opt, loss="mse")
+    errors = []
+    for _ in range(2):
+        try:
+            target.fit(x, x[:, :1], epochs=3, initial_epoch=2, verbose=0, callbacks=[ckpt])
+            errors.append({"error": None, "message": ""})
+        except Exception as err:  # reported to the parent
+            errors.append({"error": type(err).__name__, "message": str(err)})
+    fresh = all(not np.any(keras.ops.convert_to_numpy(v)) for v in opt.variables
+                if "learning_rate" not in v.path)
+    ckpt.close()
+    return {**errors[0], "again": errors[1]["error"], "optimizer_fresh": fresh}
+
+
 def main() -> int:
     case, directory = sys.argv[1], Path(sys.argv[2])
     params = {"epochs": 5, "ckpt_directory": str(directory), "ckpt_restart_mode": "required",
@@ -62,6 +93,9 @@ def main() -> int:
             info = json.loads(info_file.read_text())
             info["files"]["rng-state.json"]["size"] = len(text.encode())
             info_file.write_text(json.dumps(info))
+    if case.startswith("late-"):
+        print("RESULT " + json.dumps(late_restart(case, params, x)))
+        return 0
     target = build(9 if case == "shape" else 8, "sgd" if case == "optimizer" else "adam")
     before = live(target)
     restarted = candle.CandleCkptKeras(params, logger=None)

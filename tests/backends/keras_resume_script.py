@@ -1,13 +1,14 @@
 """Train a tiny Keras model for the exact-resume tests (run in a subprocess).
 
     python keras_resume_script.py MODE CKPT_DIR OUT.npz --epochs N [--kill-after K]
-        [--shuffle] [--api new|old]
+        [--shuffle] [--api new|old] [--compile-after-restart] [--async]
 
 MODE "straight" trains N epochs without checkpointing; "killed" trains with the
 checkpoint callback and dies with os._exit(17) right after epoch K's checkpoint;
 "resume" restarts from the checkpoint and trains up to epoch N. Straight and resume
 write every model and optimizer variable to OUT.npz. KERAS_BACKEND comes from the
-environment.
+environment. ``--compile-after-restart`` is NT3's order: restart into the built but not
+yet compiled model, then ``compile`` (the optimizer state is applied when fit begins).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import candle_ckpt as candle
 
 
-def build_model() -> keras.Model:
+def build_model(compile_now: bool = True) -> keras.Model:
     model = keras.Sequential([
         keras.Input((8,)),
         keras.layers.Dense(16, activation="relu"),
@@ -30,8 +31,13 @@ def build_model() -> keras.Model:
         keras.layers.Dropout(0.2),
         keras.layers.Dense(1),
     ])
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    if compile_now:
+        compile_model(model)
     return model
+
+
+def compile_model(model: keras.Model) -> None:
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
 
 
 class KillAfter(keras.callbacks.Callback):
@@ -55,6 +61,8 @@ def main() -> None:
     parser.add_argument("--kill-after", type=int, default=0)
     parser.add_argument("--shuffle", action="store_true")
     parser.add_argument("--api", choices=["new", "old"], default="new")
+    parser.add_argument("--compile-after-restart", action="store_true")
+    parser.add_argument("--async", dest="async_", action="store_true")
     args = parser.parse_args()
 
     keras.utils.set_random_seed(1234)
@@ -62,25 +70,32 @@ def main() -> None:
     x = data.normal(size=(96, 8)).astype("float32")
     y = (x.sum(axis=1, keepdims=True) + data.normal(size=(96, 1))).astype("float32")
     x_val, y_val = x[:16] + 0.1, y[:16]
-    model = build_model()
+    late = args.compile_after_restart and args.mode != "straight"
+    model = build_model(compile_now=not late)
     fit_args = dict(x=x, y=y, batch_size=16, shuffle=args.shuffle, verbose=0,
                     validation_data=(x_val, y_val))
-    g = {"epochs": args.epochs, "ckpt_directory": args.ckpt_dir, "ckpt_checksum": True}
+    g = {"epochs": args.epochs, "ckpt_directory": args.ckpt_dir, "ckpt_checksum": True,
+         "ckpt_async": args.async_}
 
     if args.mode == "straight":
         model.fit(epochs=args.epochs, **fit_args)
     else:
         initial_epoch = 0
-        if args.api == "old":  # the spec's usage
+        if args.api == "old":  # the spec's usage (NT3's older form with late compile)
             J = candle.restart(g, model)
             if J is not None:
                 initial_epoch = J["epoch"]
-            ckpt = candle.CandleCheckpointCallback(g)
+                g["ckpt_best_metric_last"] = J["best_metric_last"]
+            if late:
+                compile_model(model)
+            ckpt = candle.CandleCheckpointCallback(g, verbose=False)
         else:  # the newer pattern
-            ckpt = candle.CandleCkptKeras(g)
+            ckpt = candle.CandleCkptKeras(g, verbose=False)
             ckpt.set_model(model)
             J = ckpt.restart(model)
             initial_epoch = J["epoch"] if J is not None else 0
+            if late:
+                compile_model(model)
         if args.mode == "killed":
             assert J is None, "the killed run must start from scratch"
             callbacks = [ckpt, KillAfter(args.kill_after)]

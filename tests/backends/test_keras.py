@@ -145,6 +145,36 @@ def test_checkpoint_files_and_info_are_keras_native(tmp_path: Path) -> None:
     assert rng["seed_generators"][0]["value"] == seed_states(model)[0].tolist()
 
 
+def test_rng_file_and_info_name_every_stream_in_use(tmp_path: Path) -> None:
+    """Issue 16: every RNG stream the run drew from is in rng-state.json and rng_streams."""
+    x, y = data()
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8),
+                              keras.layers.Dropout(0.5), keras.layers.GaussianNoise(0.1),
+                              keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    keras.random.normal((2,))  # an unseeded op: draws from Keras' global seed generator
+    model.fit(x, y, epochs=1, verbose=0,
+              callbacks=[candle.CandleCkptKeras(params(tmp_path, epochs=1,
+                                                       ckpt_save_best_metric="loss"))])
+    directory = tmp_path / "save" / "ckpts" / "epochs" / "001"
+    streams = info_of(directory)["rng_streams"]
+    rng = json.loads((directory / "rng-state.json").read_text())
+    generators = [v.path for v in model.variables if "seed_generator" in v.path]
+    assert len(generators) == 2  # Dropout and GaussianNoise
+    expected = [f"seed_generator:{p}" for p in generators] + [
+        "keras_global_seed_generator", "python_random", "numpy_random"]
+    if "torch" in sys.modules:  # torch's global RNG may be drawn from once it is loaded
+        expected.append("torch_random")
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        expected.append("torch_cuda_random")
+    assert sorted(streams) == sorted(expected)
+    assert [r["path"] for r in rng["seed_generators"]] == generators
+    for name in streams:
+        if not name.startswith("seed_generator:"):
+            assert rng[name] is not None, name
+
+
 def test_capture_copies_so_training_on_does_not_change_the_snapshot(tmp_path: Path) -> None:
     x, y = data()
     model = small_model()
@@ -213,7 +243,7 @@ def test_missing_metric_raises_naming_it_and_the_metrics_present(tmp_path: Path)
 def test_any_logs_key_can_be_the_best_metric_in_either_direction(
         tmp_path: Path, mode: str, best_epoch: int) -> None:
     g = params(tmp_path, ckpt_save_best_metric="my_accuracy", ckpt_save_best_mode=mode,
-               ckpt_save_interval=0, epochs=10)
+               ckpt_save_interval=100, epochs=10)
     model = small_model()
     ckpt = candle.CandleCkptKeras(g)
     ckpt.set_model(model)
@@ -225,13 +255,13 @@ def test_any_logs_key_can_be_the_best_metric_in_either_direction(
     info = info_of(base / "best")
     assert info["save_best_metric"] == "my_accuracy"
     assert info["best_mode"] == ("max" if mode == "auto" else mode)
-    # Only improvements are saved when the interval is off.
+    # Only improvements are saved when no epoch falls on the interval.
     saved = sorted(p.name for p in (base / "epochs").iterdir())
     assert saved == (["001", "002"] if best_epoch == 2 else ["001"])
 
 
 def test_older_callback_signatures_take_logs_and_one_based_epoch(tmp_path: Path) -> None:
-    ckpt = candle.CandleCheckpointCallback(params(tmp_path, ckpt_save_interval=0, epochs=9))
+    ckpt = candle.CandleCheckpointCallback(params(tmp_path, ckpt_save_interval=100, epochs=9))
     ckpt.set_model(small_model())
     assert ckpt.save_check({"val_loss": 0.5}, 1) is True
     assert ckpt.epoch_best == 1 and ckpt.best_metric_last == 0.5
@@ -358,43 +388,152 @@ def test_fixture_can_be_trained_on_with_the_new_callback(tmp_path: Path) -> None
 
 
 # ------------------------------------------------------------------------ exact resume
-def run_script(backend: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
-               CUDA_VISIBLE_DEVICES="")
+KERAS_BACKENDS = ["tensorflow", "torch", "jax"]
+# The framework each Keras backend needs (CI installs all three: the [keras], [torch] and
+# [jax] extras); importorskip only lets a partial local install run the rest.
+FRAMEWORK = {"tensorflow": "tensorflow", "torch": "torch", "jax": "jax"}
+
+
+def run_script(backend: str, *args: str, gpu: bool = False) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    if not gpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     return subprocess.run([sys.executable, str(SCRIPT), *args], env=env, text=True,
                           capture_output=True, timeout=300)
 
 
+_straight_runs: dict[tuple[str, bool], Path] = {}
+
+
+def straight_run(backend: str, shuffle: bool, where: Path, gpu: bool = False) -> Path:
+    """The uninterrupted run's variables: the same for every API, order and save mode."""
+    key = (backend + ("-gpu" if gpu else ""), shuffle)
+    if key not in _straight_runs:
+        out = where / f"straight-{key[0]}-{shuffle}.npz"
+        proc = run_script(backend, "straight", str(where / "unused"), str(out),
+                          "--epochs", "5", *(["--shuffle"] if shuffle else []), gpu=gpu)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        _straight_runs[key] = out
+    return _straight_runs[key]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("backend", "shuffle", "api"), [
-    ("tensorflow", False, "new"),
-    ("tensorflow", True, "old"),
-    ("torch", False, "old"),
-    ("torch", True, "new"),
+@pytest.mark.parametrize(("backend", "shuffle", "api", "order", "save"), [
+    ("tensorflow", False, "new", "compiled", "sync"),
+    ("tensorflow", True, "old", "compiled", "sync"),
+    ("torch", False, "old", "compiled", "sync"),
+    ("torch", True, "new", "compiled", "sync"),
+    ("jax", False, "new", "compiled", "sync"),
+    ("jax", True, "old", "compiled", "sync"),
+    # NT3's order: restart into the built, uncompiled model, then compile.
+    ("tensorflow", True, "new", "nt3", "sync"),
+    ("tensorflow", False, "old", "nt3", "async"),
+    ("torch", True, "new", "nt3", "async"),
+    ("torch", True, "old", "nt3", "sync"),
+    ("jax", True, "new", "nt3", "sync"),
+    ("jax", False, "old", "nt3", "async"),
 ])
 def test_kill_and_restart_is_bit_identical_to_training_straight(
-        tmp_path: Path, backend: str, shuffle: bool, api: str) -> None:
-    """N epochs straight == K epochs, os._exit after K's checkpoint, restart, N-K more."""
-    pytest.importorskip("tensorflow" if backend == "tensorflow" else "torch")
-    flags = ["--epochs", "5", "--api", api] + (["--shuffle"] if shuffle else [])
-    ckpt_dir = str(tmp_path / "ckpt")
-    straight = run_script(backend, "straight", str(tmp_path / "unused"),
-                          str(tmp_path / "straight.npz"), *flags)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    killed = run_script(backend, "killed", ckpt_dir, str(tmp_path / "never.npz"),
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, backend: str,
+        shuffle: bool, api: str, order: str, save: str) -> None:
+    """N epochs straight == K epochs, os._exit after K's checkpoint, restart, N-K more.
+
+    Every model and optimizer variable (Adam's moments and ``iterations``) is compared;
+    with ``order="nt3"`` restart runs before ``compile``, so the optimizer state comes
+    from the checkpoint only if the callback applies it when fit begins.
+    """
+    pytest.importorskip(FRAMEWORK[backend])
+    flags = ["--epochs", "5", "--api", api] + (["--shuffle"] if shuffle else []) + (
+        ["--compile-after-restart"] if order == "nt3" else []) + (
+        ["--async"] if save == "async" else [])
+    straight = straight_run(backend, shuffle, tmp_path_factory.mktemp("straight"))
+    ckpt_dir = tmp_path / "ckpt"
+    killed = run_script(backend, "killed", str(ckpt_dir), str(tmp_path / "never.npz"),
                         "--kill-after", "2", *flags)
     assert killed.returncode == 17, killed.stderr[-3000:]
-    assert os.readlink(tmp_path / "ckpt" / "ckpts" / "last") == "epochs/002"
-    resumed = run_script(backend, "resume", ckpt_dir, str(tmp_path / "resumed.npz"), *flags)
+    last = os.readlink(ckpt_dir / "ckpts" / "last")
+    # An async save of epoch 2 may still be in flight when the process dies: then the
+    # run resumes from epoch 1, which must be just as exact.
+    assert last == "epochs/002" or (save == "async" and last == "epochs/001"), last
+    resumed = run_script(backend, "resume", str(ckpt_dir), str(tmp_path / "resumed.npz"),
+                         *flags)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "restarted from" in resumed.stdout
+    log = (ckpt_dir / "ckpt.log").read_text()
+    assert f"restarted from {ckpt_dir / 'ckpts' / last}" in log
+    if order == "nt3":
+        assert "optimizer state is applied when training begins" in log
+        assert "as training begins" in log.split("restarted from")[-1]
 
-    a = np.load(tmp_path / "straight.npz")
+    a = np.load(straight)
     b = np.load(tmp_path / "resumed.npz")
     assert sorted(a.files) == sorted(b.files)
+    assert any(k.startswith("optimizer_") for k in a.files)
     differing = [k for k in a.files if not np.array_equal(a[k], b[k])]
-    assert differing == [], f"{backend} shuffle={shuffle}: {differing} differ"
-    assert info_of(tmp_path / "ckpt" / "ckpts" / "last")["keras_backend"] == backend
+    assert differing == [], f"{backend} {api} {order} {save} shuffle={shuffle}: {differing}"
+    info = info_of(ckpt_dir / "ckpts" / "last")
+    assert info["keras_backend"] == backend
+    # The streams this run drew from: two Dropout seed generators, Python's and numpy's
+    # global RNGs, and torch's where Keras runs on it (its DataLoader shuffles with it).
+    streams = info["rng_streams"]
+    assert sum(s.startswith("seed_generator:") for s in streams) == 2, streams
+    assert {"python_random", "numpy_random"} <= set(streams), streams
+    assert ("torch_random" in streams) == (backend == "torch"), streams
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("save", ["sync", "async"])
+def test_kill_and_restart_on_a_gpu_is_bit_identical_to_training_straight(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, save: str) -> None:
+    """Issue 16: Keras on torch with CUDA; Dropout draws from the CUDA generators."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (torch.cuda.is_available() is False here); the "
+                    "CPU runs above cover every other stream")
+    flags = ["--epochs", "5", "--shuffle"] + (["--async"] if save == "async" else [])
+    straight = straight_run("torch", True, tmp_path_factory.mktemp("straight"), gpu=True)
+    ckpt_dir = tmp_path / "ckpt"
+    killed = run_script("torch", "killed", str(ckpt_dir), str(tmp_path / "never.npz"),
+                        "--kill-after", "2", *flags, gpu=True)
+    assert killed.returncode == 17, killed.stderr[-3000:]
+    resumed = run_script("torch", "resume", str(ckpt_dir), str(tmp_path / "resumed.npz"),
+                         *flags, gpu=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    info = info_of(ckpt_dir / "ckpts" / "last")
+    assert "torch_cuda_random" in info["rng_streams"], "the run did not use CUDA"
+    a, b = np.load(straight), np.load(tmp_path / "resumed.npz")
+    differing = [k for k in a.files if not np.array_equal(a[k], b[k])]
+    assert differing == [], f"GPU {save}: {differing} differ"
+
+
+IN_PROCESS_CHILD = "CANDLE_CKPT_KERAS_IN_PROCESS_CHILD"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", KERAS_BACKENDS)
+def test_the_in_process_keras_tests_pass_on_every_keras_backend(
+        tmp_path: Path, backend: str) -> None:
+    """This module's and the safety module's in-process tests, run on another backend.
+
+    They run in this process on ``keras.backend.backend()``; for the others, a child
+    pytest with KERAS_BACKEND set runs them (API, files, capture, legacy ``model.h5``
+    restart and CRC fallback, Lambda safety). The subprocess tests are left out: they
+    are parametrized over every backend themselves.
+    """
+    if os.environ.get(IN_PROCESS_CHILD):
+        pytest.skip("inside the child run")
+    if backend == keras.backend.backend():
+        pytest.skip(f"{backend} is this process's backend: the tests ran here")
+    pytest.importorskip(FRAMEWORK[backend])
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
+               CUDA_VISIBLE_DEVICES="", **{IN_PROCESS_CHILD: "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+         "-W", "ignore::DeprecationWarning", "--basetemp", str(tmp_path / "t"),
+         "-k", "not a_restart_that_fails and not before_compile and not import_candle",
+         str(HERE / "test_keras.py"), str(HERE / "test_keras_safety.py")],
+        env=env, text=True, capture_output=True, timeout=600, cwd=HERE.parents[1])
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert " passed" in proc.stdout and " failed" not in proc.stdout, proc.stdout[-2000:]
 
 
 def test_import_candle_ckpt_does_not_import_keras() -> None:
@@ -407,7 +546,19 @@ def test_import_candle_ckpt_does_not_import_keras() -> None:
 MISMATCH_SCRIPT = HERE / "keras_mismatch_script.py"
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "torch"])
+def run_mismatch(backend: str, case: str, directory: Path) -> dict[str, Any]:
+    pytest.importorskip(FRAMEWORK[backend])
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
+               CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, str(MISMATCH_SCRIPT), case, str(directory)],
+                          env=env, text=True, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    result: dict[str, Any] = json.loads(line[len("RESULT "):])
+    return result
+
+
+@pytest.mark.parametrize("backend", KERAS_BACKENDS)
 @pytest.mark.parametrize(("case", "error", "named"), [
     ("shape", "CheckpointMismatchError", "(4, 8) float32 in the checkpoint, (4, 9)"),
     ("optimizer", "CheckpointMismatchError", "SGD"),
@@ -416,14 +567,26 @@ MISMATCH_SCRIPT = HERE / "keras_mismatch_script.py"
 def test_a_restart_that_fails_leaves_every_live_value_bit_identical(
         tmp_path: Path, backend: str, case: str, error: str, named: str) -> None:
     """Mismatch (shape, optimizer type) or damage (RNG file): nothing live changes."""
-    pytest.importorskip("tensorflow" if backend == "tensorflow" else "torch")
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
-               CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, str(MISMATCH_SCRIPT), case, str(tmp_path / "c")],
-                          env=env, text=True, capture_output=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    result = json.loads(line[len("RESULT "):])
+    result = run_mismatch(backend, case, tmp_path / "c")
     assert result["error"] == error, result
     assert named in result["message"], result
     assert result["unchanged"], result
+
+
+@pytest.mark.parametrize("backend", KERAS_BACKENDS)
+@pytest.mark.parametrize(("case", "named"), [
+    ("late-optimizer", "it holds Adam state, the model's optimizer is SGD"),
+    ("late-count", "10 optimizer variables in the checkpoint, 14 in Adam"),
+])
+def test_restart_before_compile_then_an_optimizer_that_does_not_fit_stops_fit(
+        tmp_path: Path, backend: str, case: str, named: str) -> None:
+    """NT3's order with a mismatching optimizer: on_train_begin raises, nothing is applied.
+
+    The checkpoint's state stays pending (a second fit raises again) rather than being
+    dropped, so no later fit silently starts the optimizer fresh.
+    """
+    result = run_mismatch(backend, case, tmp_path / "c")
+    assert result["error"] == "CheckpointMismatchError", result
+    assert "model.weights.h5 does not fit the optimizer: " + named in result["message"], result
+    assert result["again"] == "CheckpointMismatchError", result
+    assert result["optimizer_fresh"], result

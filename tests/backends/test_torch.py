@@ -508,7 +508,8 @@ def _assert_unchanged(objects: dict[str, Any], before: dict[str, Any]) -> None:
 
 def _tree_bytes(directory: Path) -> dict[str, bytes]:
     return {str(p.relative_to(directory)): p.read_bytes()
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != "ckpt.log"}
+            for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name not in ("ckpt.log", "ckpt.lock")}
 
 
 def _saved_run(directory: Path) -> None:
@@ -699,9 +700,10 @@ def test_original_candle_crc32_is_verified_and_a_damaged_file_skipped(tmp_path: 
 
 # ------------------------------------------------------------------------------ exact resume
 def _train(ckpt_dir: Path, out: Path, epochs: int, exit_after: int = 0,
-           async_: bool = False) -> str:
+           async_: bool = False, *flags: str) -> str:
     cmd = [sys.executable, str(HERE / "torch_trainer.py"), "--ckpt-dir", str(ckpt_dir),
-           "--epochs", str(epochs), "--out", str(out), "--exit-after", str(exit_after)]
+           "--epochs", str(epochs), "--out", str(out), "--exit-after", str(exit_after),
+           *flags]
     if async_:
         cmd.append("--async")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
@@ -730,3 +732,58 @@ def test_kill_and_restart_is_bit_identical_to_an_uninterrupted_run(
     assert_same_state(a["optimizer"], b["optimizer"])
     assert a["scheduler"] == b["scheduler"]
     assert torch.equal(a["torch_rng"], b["torch_rng"])
+
+
+@pytest.mark.parametrize("async_", [False, True], ids=["sync", "async"])
+def test_validation_after_ckpt_epoch_resumes_exactly_only_with_on_epoch_begin(
+    tmp_path: Path, async_: bool
+) -> None:
+    """A validation DataLoader(shuffle=True) drawn after ckpt_epoch: a real client's order.
+
+    Without on_epoch_begin the checkpoint's torch RNG is one draw behind the next epoch's
+    start, and the resumed run drifts; with it, the resume is bit-identical.
+    """
+    epochs, kill_after = 4, 2
+
+    def straight_and_resumed(case: str, *flags: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        straight, resumed = tmp_path / f"{case}-straight.pt", tmp_path / f"{case}-resumed.pt"
+        _train(tmp_path / f"{case}-a", straight, epochs, 0, async_, *flags)
+        _train(tmp_path / f"{case}-b", resumed, epochs, kill_after, async_, *flags)
+        assert not resumed.exists()
+        out = _train(tmp_path / f"{case}-b", resumed, epochs, 0, async_, *flags)
+        assert f"initial_epoch={kill_after}" in out
+        return (torch.load(straight, weights_only=True),
+                torch.load(resumed, weights_only=True))
+
+    a, b = straight_and_resumed("plain", "--validate")
+    assert not torch.equal(a["torch_rng"], b["torch_rng"])  # the draw the checkpoint missed
+    assert any(not torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+    a, b = straight_and_resumed("epoch-begin", "--validate", "--epoch-begin")
+    assert_same_state(a["model"], b["model"])
+    assert_same_state(a["optimizer"], b["optimizer"])
+    assert a["scheduler"] == b["scheduler"]
+    assert torch.equal(a["torch_rng"], b["torch_rng"])
+
+
+def test_after_on_epoch_begin_each_checkpoint_holds_the_state_the_next_epoch_starts_from(
+    tmp_path: Path,
+) -> None:
+    """ckpt_epoch records; the next on_epoch_begin (or on_train_end) takes the checkpoint."""
+    model = make_net(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    ckpt = new_ckpt(tmp_path, epochs=2, ckpt_save_best_metric="loss")
+    ckpt.set_model({"model": model, "optimizer": optimizer})
+    epochs = tmp_path / "ckpts" / "epochs"
+    assert ckpt.on_epoch_begin(0) is False  # nothing pending yet
+    assert ckpt.ckpt_epoch(0, train_steps(model, optimizer)) is False
+    assert not (epochs / "001").exists()
+    torch.rand(1)  # what a validation pass would draw after ckpt_epoch
+    at_begin = torch.get_rng_state()
+    assert ckpt.on_epoch_begin(1) is True
+    saved = torch.load(epochs / "001" / "model.pt", weights_only=True)
+    assert torch.equal(saved["rng"]["torch"], at_begin)
+    ckpt.ckpt_epoch(1, train_steps(model, optimizer))
+    assert not (epochs / "002").exists()
+    ckpt.on_train_end()
+    assert os.readlink(tmp_path / "ckpts" / "last") == "epochs/002"

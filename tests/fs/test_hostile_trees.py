@@ -746,3 +746,144 @@ def test_new_errors_derive_from_ckpt_error_and_a_builtin():
                          (LockLostError, CheckpointLockedError)):
         assert issubclass(cls, CkptError) and issubclass(cls, builtin)
     assert commit.acquire_lock is not None  # the older API stays for current callers
+
+
+# ------------------------------------------------------------------ through the engine
+# What the engine must wire (its call sites are the restructure's): a planted ckpt.log,
+# WriterLock.check() before each save, and a failing keep-policy deletion.
+
+def test_a_planted_log_symlink_is_never_appended_to(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "ckpt.log").symlink_to(victim)
+    try:
+        with engine(run) as e:
+            train(e, [1])
+    except UnsafeFileError as err:
+        assert "ckpt.log" in str(err)
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_newline_in_a_checkpoint_file_name_cannot_forge_a_log_line(tmp_path):
+    epochs = three(tmp_path)
+    forged = "x\n2026-01-01 00:00:00 INFO    epoch 3: saved (forged)"
+
+    def swap(info: dict[str, Any]) -> None:
+        info["files"][forged] = info["files"].pop("extra.bin")
+
+    rewrite_info(epochs, 3, swap)
+    restart_expecting(tmp_path, 2, "not a plain file name")
+    lines = (tmp_path / "ckpt.log").read_text(encoding="utf-8").splitlines()
+    assert not any(line.startswith("2026-01-01 00:00:00") for line in lines)
+    assert any("\\n2026-01-01" in line for line in lines)
+
+
+def test_an_engine_works_under_a_working_directory_deeper_than_path_max(tmp_path):
+    home = os.open(".", os.O_RDONLY)
+    try:
+        os.chdir(tmp_path)
+        for _ in range(25):
+            os.mkdir("d" * 200)
+            os.chdir("d" * 200)
+        with engine(Path("save")) as e:
+            assert train(e, [1, 2]) == [1, 2]
+        with engine(Path("save")) as e:
+            J = e.restart()
+            assert J is not None and J["epoch"] == 2 and e.state == blobs(2)
+    finally:
+        os.fchdir(home)
+        os.close(home)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
+def test_a_forked_child_of_a_writer_cannot_save(tmp_path):
+    e = engine(tmp_path)
+    try:
+        assert train(e, [1]) == [1]
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                train(e, [2])
+                said = b"saved"
+            except LockLostError:
+                said = b"refused"
+            except BaseException as err:  # noqa: BLE001 - reported to the parent
+                said = repr(err).encode()
+            os.write(w, said)
+            os._exit(0)
+        os.close(w)
+        said = os.read(r, 4096)
+        os.close(r)
+        os.waitpid(pid, 0)
+        assert said == b"refused"
+        assert os.readlink(tmp_path / "ckpts" / "last") == "epochs/001"
+    finally:
+        e.close()
+
+
+def test_a_directory_replaced_under_a_running_engine_stops_the_next_save(tmp_path):
+    run = tmp_path / "run"
+    e = engine(run)
+    try:
+        assert train(e, [1]) == [1]
+        run.rename(tmp_path / "moved")
+        run.mkdir()
+        with pytest.raises(LockLostError):
+            train(e, [2])
+        assert not (run / "ckpts").exists()
+    finally:
+        e.close()
+
+
+def test_a_failing_keep_deletion_never_fails_a_committed_save(tmp_path, monkeypatch):
+    e = engine(tmp_path, ckpt_keep_limit=1, ckpt_save_best=False)
+    try:
+        assert train(e, [1]) == [1]
+        real = os.rename
+        hits = []
+
+        def rename(src: Any, dst: Any, *a: Any, **k: Any) -> None:
+            if os.fspath(src).endswith("epochs/001") and ".deleting-" in os.fspath(dst):
+                hits.append(src)
+                raise OSError(errno.EBUSY, "Device or resource busy", os.fspath(src))
+            real(src, dst, *a, **k)
+
+        monkeypatch.setattr(os, "rename", rename)
+        assert train(e, [2]) == [2]  # committed: the deletion failure is only logged
+        monkeypatch.undo()
+        assert hits, "the keep policy never tried to delete epoch 1"
+        assert os.readlink(tmp_path / "ckpts" / "last") == "epochs/002"
+        assert "epoch 1" in (tmp_path / "ckpt.log").read_text()
+    finally:
+        e.close()
+
+
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.ENOSPC, errno.EDQUOT])
+def test_running_out_of_descriptors_or_inodes_before_the_commit_point_fails_the_save(
+        tmp_path, monkeypatch, code):
+    e = engine(tmp_path)
+    try:
+        assert train(e, [1]) == [1]
+        real = os.open
+        hits = []
+
+        def open_(path: Any, flags: int, *a: Any, **k: Any) -> int:
+            if flags & os.O_CREAT and f"{os.sep}work{os.sep}" in os.fspath(path):
+                hits.append(path)
+                raise OSError(code, os.strerror(code), os.fspath(path))
+            return real(path, flags, *a, **k)
+
+        monkeypatch.setattr(os, "open", open_)
+        with pytest.raises(CheckpointWriteError) as err:
+            train(e, [2])
+        monkeypatch.undo()
+        assert hits, "the fault was never injected"
+        assert err.value.errno == code and "epoch 2" in str(err.value)
+        assert os.readlink(tmp_path / "ckpts" / "last") == "epochs/001"
+        assert not (tmp_path / "ckpts" / "work").exists()
+        assert train(e, [2]) == [2]  # once the fault is gone, saving works again
+    finally:
+        e.close()

@@ -323,3 +323,18 @@ def test_ckpt_defs_extends_user_definitions():
 def test_top_level_names_are_the_params_functions():
     assert candle_ckpt.ParamType is ParamType
     assert candle_ckpt.param is param
+
+
+@pytest.mark.parametrize(("key", "value", "says"), [
+    ("ckpt_best_metric_last", 10 ** 400, "too large"),
+    ("ckpt_best_metric_last", -(10 ** 400), "too large"),
+    ("ckpt_walltime_margin", 10 ** 400, "too large"),
+    ("ckpt_directory", "runs/a\0b", "NUL"),
+    ("output_dir", "out\0put", "NUL"),
+])
+def test_unrepresentable_values_are_refused_naming_the_parameter(key, value, says):
+    from candle_ckpt.params import read_settings
+
+    with pytest.raises(CkptParamError, match=says) as err:
+        read_settings({"epochs": 3, key: value})
+    assert key in str(err.value)

@@ -680,7 +680,9 @@ class CandleCkptKeras(keras.callbacks.Callback, CandleCkpt):
         model.fit(..., initial_epoch=initial_epoch, callbacks=[ckpt])
 
     The model must be built before ``restart``. If it is compiled only afterwards (as
-    NT3 does), the optimizer state is applied when training begins.
+    NT3 does), the optimizer state is applied when training begins (``on_train_begin``),
+    after checking the optimizer's type and variables: one that does not fit raises
+    ``CheckpointMismatchError`` there, and the state stays pending.
     """
 
     backend_name = "keras"
@@ -799,11 +801,18 @@ def restart(gParameters: Any, model: Any, verbose: bool = True) -> dict[str, Any
         The checkpoint's ckpt-info.json dict (``J["epoch"]`` is the ``initial_epoch``),
         or None when there was nothing to restart from.
     """
-    ckpt = CandleCkptKeras(gParameters, verbose=verbose)
+    ckpt = _RestartOnly(gParameters, verbose=verbose)
     try:
         return ckpt.restart(model, verbose)
     finally:
         ckpt.close()
+
+
+class _RestartOnly(CandleCkptKeras):
+    """The engine of a module-level restart(): it does not report a run of its own (the
+    callback built afterwards does, so the console says "checkpointing into" once)."""
+
+    _quiet_start = True
 
 
 def restart_json(gParameters: Any, logger: Any, directory: Any) -> dict[str, Any]:

@@ -393,6 +393,10 @@ class CandleCkptPyTorch(CandleCkpt):
 
     def __init__(self, gParams: Any = None, logger: Any = "DEFAULT", verbose: bool = True):
         super().__init__(gParams, logger, verbose)
+        # After the first on_epoch_begin(), ckpt_epoch() only records (epoch, metric)
+        # here and the checkpoint is taken when the next epoch begins (or at on_train_end).
+        self._save_at_epoch_begin = False
+        self._pending_epoch: tuple[int, float | None] | None = None
 
     def _new_backend(self) -> TorchBackend:
         return TorchBackend(self._log, self._dist)
@@ -442,12 +446,52 @@ class CandleCkptPyTorch(CandleCkpt):
         ``ckpt_save_best_mode`` (with "auto", loss-like metric names are minimized).
         Returns True when a checkpoint was written.
 
-        The checkpoint holds the global RNG states as they are *now*: call it after the
-        last draw of this epoch (e.g. after validation), so the next epoch starts from
-        exactly that state when resumed.
+        Precondition for an exact resume: the checkpoint holds every state (the global
+        torch/CUDA/numpy/Python RNGs, the scheduler, ...) as it is *now*, and a resumed run
+        starts epoch ``epoch + 1`` from exactly that. Anything between this call and the
+        next epoch that draws from a global RNG or steps a saved object (a validation
+        ``DataLoader(shuffle=True)``, which draws a seed from torch's RNG; a
+        ``scheduler.step()``) is missing from the checkpoint, and the resumed run drifts
+        from the uninterrupted one. Either call ``ckpt_epoch`` as the epoch's last step,
+        or call :meth:`on_epoch_begin` first thing in every epoch: then this call only
+        records ``epoch`` and ``metric_value`` (and returns False), and the checkpoint is
+        taken when the next epoch begins (the last one by :meth:`on_train_end`).
         """
         self.backend.require_model("ckpt_epoch")
         metric = _metric_float(metric_value)
+        if self._save_at_epoch_begin:
+            self._pending_epoch = (epoch, metric)
+            return False
+        return self._save_epoch(epoch, metric)
+
+    def on_epoch_begin(self, epoch: int) -> bool:
+        """Call first thing in every epoch (0-based) to make ``ckpt_epoch`` exact anywhere.
+
+        It takes the checkpoint the previous epoch's ``ckpt_epoch`` asked for, now: with
+        the RNG states, the scheduler and every other entry as this epoch starts, which
+        is what a resumed run must start from, whatever ran after ``ckpt_epoch``
+        (validation, ``scheduler.step()``). Returns True when that checkpoint was
+        written. Once called, ``ckpt_epoch`` defers to it for the rest of the run, and
+        :meth:`on_train_end` takes the last epoch's checkpoint; a process that dies
+        between ``ckpt_epoch`` and the next epoch loses that epoch's checkpoint (the
+        previous one is intact).
+        """
+        self.backend.require_model("on_epoch_begin")
+        self._save_at_epoch_begin = True
+        return self._save_pending()
+
+    def on_train_end(self, logs: Any = None) -> None:
+        """Take the last epoch's checkpoint if :meth:`on_epoch_begin` deferred it; finish."""
+        try:
+            self._save_pending()
+        finally:
+            super().on_train_end(logs)
+
+    def _save_pending(self) -> bool:
+        pending, self._pending_epoch = getattr(self, "_pending_epoch", None), None
+        return pending is not None and self._save_epoch(*pending)
+
+    def _save_epoch(self, epoch: int, metric: float | None) -> bool:
         self.backend.progress = (int(epoch) + 1 if not isinstance(epoch, bool) else None,
                                  metric)
         return super().ckpt_epoch(epoch, self.direction.sign, metric)
@@ -476,6 +520,11 @@ class CandleCkptPyTorch(CandleCkpt):
 
     def close(self) -> None:
         """Wait for a background save, release the directory and the capture buffers."""
+        pending, self._pending_epoch = getattr(self, "_pending_epoch", None), None
+        if pending is not None:
+            self._log.warning(f"epoch {pending[0] + 1}: its checkpoint was deferred to the next "
+                         "on_epoch_begin() and is not written; call on_train_end() to end "
+                         "a run")
         try:
             super().close()
         finally:
