@@ -442,9 +442,9 @@ class CandleCkptPyTorch(CandleCkpt):
         """Wait for a background save, release the directory and the capture buffers."""
         pending, self._pending_epoch = getattr(self, "_pending_epoch", None), None
         if pending is not None:
-            self._log.warning(f"epoch {pending[0] + 1}: its checkpoint was deferred to the next "
-                         "on_epoch_begin() and is not written; call on_train_end() to end "
-                         "a run")
+            self._log.warning(f"epoch {pending[0] + 1}: its checkpoint was deferred to the "
+                              "next on_epoch_begin() and is not written; call "
+                              "on_train_end() to end a run")
         try:
             super().close()
         finally:
