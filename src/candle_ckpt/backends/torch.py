@@ -22,8 +22,10 @@ checkpoint that restart could not load.
 from __future__ import annotations
 
 import random
+import threading
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -210,7 +212,7 @@ class TorchBackend:
         return TorchSnapshot(payload, [e.key for e in self.entries], sorted(rng))
 
     def write(self, snapshot: TorchSnapshot, sink: FileSink) -> Written:
-        with sink.open(MODEL_FILE) as f:
+        with sink.open(MODEL_FILE) as f, _without_zip_crc32():
             torch.save(snapshot.payload, cast(IO[bytes], f))  # write-only is enough
         return Written(MODEL_FILE, {
             "torch_version": torch.__version__,
@@ -451,6 +453,33 @@ class CandleCkptPyTorch(CandleCkpt):
             backend = getattr(self, "backend", None)
             if isinstance(backend, TorchBackend):
                 backend.release_buffers()
+
+
+_crc_guard = threading.Lock()
+
+
+@contextmanager
+def _without_zip_crc32() -> Iterator[None]:
+    """torch.save without the zip CRC32 of every record, then the previous setting back.
+
+    The CRC32 costs about half a second per GB (as much as half the disk's own time on
+    our machines) and buys nothing: torch.load never checks it (a flipped byte in a
+    tensor loads silently, tested). The checkpoint's own manifest does the checking: the
+    sizes always, xxh3 checksums with ``ckpt_checksum``. The switch is process-wide, so
+    a torch.save of the user's own running at the same instant also skips it (its file
+    still loads; only zip tools that test CRCs would complain).
+    """
+    serialization = torch.serialization
+    if not hasattr(serialization, "set_crc32_options"):  # torch < 2.6: always computed
+        yield
+        return
+    with _crc_guard:
+        previous = serialization.get_crc32_options()
+        serialization.set_crc32_options(False)
+        try:
+            yield
+        finally:
+            serialization.set_crc32_options(previous)
 
 
 # ------------------------------------------------------------------------------ entries
