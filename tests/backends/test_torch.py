@@ -787,3 +787,29 @@ def test_after_on_epoch_begin_each_checkpoint_holds_the_state_the_next_epoch_sta
     assert not (epochs / "002").exists()
     ckpt.on_train_end()
     assert os.readlink(tmp_path / "ckpts" / "last") == "epochs/002"
+
+
+def test_model_pt_skips_the_zip_crc_loads_with_torch_load_and_restores_the_setting(
+        tmp_path: Path) -> None:
+    """torch's zip CRC32 is off for our write only: our manifest checks the bytes."""
+    model = make_net(0)
+    optimizer = torch.optim.Adam(model.parameters())
+    train_steps(model, optimizer)
+    assert torch.serialization.get_crc32_options() is True
+    with new_ckpt(tmp_path, ckpt_checksum=True) as ckpt:
+        ckpt.set_model({"model": model, "optimizer": optimizer})
+        ckpt.ckpt_epoch(0, 1.0)
+    assert torch.serialization.get_crc32_options() is True  # the user's setting is back
+    path = tmp_path / "ckpts" / "epochs" / "001" / "model.pt"
+    loaded = torch.load(path, weights_only=True)
+    assert_same_state(loaded["model_state_dict"], model.state_dict())
+    # A flipped byte inside a tensor: torch.load would not notice; our checksum does.
+    data = bytearray(path.read_bytes())
+    needle = model.state_dict()["0.weight"].numpy().tobytes()[:16]
+    data[data.find(needle) + 3] ^= 0xFF
+    path.write_bytes(data)
+    with new_ckpt(tmp_path, ckpt_checksum=True, ckpt_restart_mode="required") as ckpt:
+        fresh = make_net(1)
+        ckpt.set_model({"model": fresh, "optimizer": torch.optim.Adam(fresh.parameters())})
+        with pytest.raises(CheckpointNotFoundError, match="checksum"):
+            ckpt.restart()

@@ -510,8 +510,7 @@ class KerasBackend:
         if model_file.endswith(".weights.h5"):
             apply_weights = self._plan_native(model, path, info, notes)
         elif model_file.endswith((".h5", ".hdf5")):
-            def apply_weights() -> list[str]:
-                return self._load_legacy_h5(model, path)
+            apply_weights = self._plan_legacy_h5(model, path)
         else:
             raise CheckpointCorruptError(
                 f"{path}: model_file {model_file!r} is not a Keras weights file "
@@ -567,34 +566,65 @@ class KerasBackend:
 
         return apply
 
-    def _load_legacy_h5(self, model: Any, path: Path) -> list[str]:
-        """Original CANDLE ``model.h5`` (model.save): weights, then optimizer if present."""
+    def _plan_legacy_h5(self, model: Any, path: Path) -> Any:
+        """Check an original CANDLE ``model.h5`` (model.save); return what loads it.
+
+        The weights' shapes (layer by layer, as Keras' legacy loader pairs them) and the
+        optimizer variables (when the model is compiled) are compared first, so a file
+        that does not fit raises CheckpointMismatchError with nothing changed.
+        """
         import h5py
         from keras.src.legacy.saving import legacy_h5_format
 
-        model.load_weights(str(path))  # weights only; never deserializes the model
         optimizer = getattr(model, "optimizer", None)
         with h5py.File(path, "r") as f:
-            if "optimizer_weights" not in f:
+            group = f["model_weights"] if "model_weights" in f else f
+            saved = []
+            for name in group.attrs.get("layer_names", []):
+                layer = group[name.decode() if isinstance(name, bytes) else name]
+                for wname in layer.attrs.get("weight_names", []):
+                    wname = wname.decode() if isinstance(wname, bytes) else wname
+                    saved.append(tuple(layer[wname].shape))
+            values = None
+            if "optimizer_weights" in f:
+                values = [np.array(v) for v in
+                          legacy_h5_format.load_optimizer_weights_from_hdf5_group(f)]
+        live = [tuple(w.shape) for layer in model.layers for w in layer.weights]
+        if saved != live:
+            pairs = enumerate(zip(saved, live, strict=False))
+            first = next((i for i, (a, b) in pairs if a != b),
+                         min(len(saved), len(live)))
+            raise CheckpointMismatchError(
+                f"{path.name} does not fit the model: weight {first} is "
+                f"{saved[first] if first < len(saved) else 'missing'} in the checkpoint, "
+                f"{live[first] if first < len(live) else 'missing'} in the model "
+                f"({len(saved)} vs {len(live)} weights)")
+        if values is not None and optimizer is not None:
+            if not optimizer.built:
+                optimizer.build(model.trainable_variables)
+            shapes = [tuple(v.shape) for v in optimizer.variables]
+            if [tuple(v.shape) for v in values] != shapes:
+                raise CheckpointMismatchError(
+                    f"{path.name} does not fit the optimizer: {len(values)} optimizer "
+                    f"variables in the checkpoint, {len(shapes)} in "
+                    f"{type(optimizer).__name__} (or their shapes differ)")
+
+        def apply() -> list[str]:
+            model.load_weights(str(path))  # weights only; never deserializes the model
+            if values is None:
                 self.log.info(f"{path}: holds no optimizer state; the optimizer starts fresh")
-                return []
-            values = legacy_h5_format.load_optimizer_weights_from_hdf5_group(f)
-            values = [np.array(v) for v in values]
-        if optimizer is None:
-            _deferred.setdefault(model, _Deferred()).optimizer = values
-            _deferred[model].source = str(path)
-            self.log.info(f"{path}: the model is not compiled yet; its optimizer state is "
-                          "applied when training begins")
+            elif optimizer is None:
+                _deferred.setdefault(model, _Deferred()).optimizer = values
+                _deferred[model].source = str(path)
+                self.log.info(f"{path}: the model is not compiled yet; its optimizer state "
+                              "is applied when training begins")
+            else:
+                optimizer.set_weights(values)
+                self.log.info(f"{path}: restored weights and optimizer state "
+                              f"({len(values)} variables)")
             return []
-        if not optimizer.built:
-            optimizer.build(model.trainable_variables)
-        try:
-            optimizer.set_weights(values)
-        except ValueError as err:
-            return [f"{path}: optimizer state does not fit this optimizer ({err}); "
-                    "it starts fresh"]
-        self.log.info(f"{path}: restored weights and optimizer state ({len(values)} variables)")
-        return []
+
+        return apply
 
     def _apply_rng(self, model: Any, state: dict[str, Any]) -> None:
         generators = _seed_generators(model)

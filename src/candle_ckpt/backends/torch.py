@@ -22,8 +22,10 @@ checkpoint that restart could not load.
 from __future__ import annotations
 
 import random
+import threading
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -246,7 +248,7 @@ class TorchBackend:
             name = write_rank_rng(sink, coord, snapshot.payload["rng"])
             if not coord.is_writer:
                 return Written(name, {})
-        with sink.open(MODEL_FILE) as f:
+        with sink.open(MODEL_FILE) as f, _without_zip_crc32():
             torch.save(snapshot.payload, cast(IO[bytes], f))  # write-only is enough
         info: dict[str, Any] = {
             "torch_version": torch.__version__,
@@ -522,15 +524,42 @@ class CandleCkptPyTorch(CandleCkpt):
         """Wait for a background save, release the directory and the capture buffers."""
         pending, self._pending_epoch = getattr(self, "_pending_epoch", None), None
         if pending is not None:
-            self._log.warning(f"epoch {pending[0] + 1}: its checkpoint was deferred to the next "
-                         "on_epoch_begin() and is not written; call on_train_end() to end "
-                         "a run")
+            self._log.warning(f"epoch {pending[0] + 1}: its checkpoint was deferred to the "
+                              "next on_epoch_begin() and is not written; call "
+                              "on_train_end() to end a run")
         try:
             super().close()
         finally:
             backend = getattr(self, "backend", None)
             if isinstance(backend, TorchBackend):
                 backend.release_buffers()
+
+
+_crc_guard = threading.Lock()
+
+
+@contextmanager
+def _without_zip_crc32() -> Iterator[None]:
+    """torch.save without the zip CRC32 of every record, then the previous setting back.
+
+    The CRC32 costs about half a second per GB (as much as half the disk's own time on
+    our machines) and buys nothing: torch.load never checks it (a flipped byte in a
+    tensor loads silently, tested). The checkpoint's own manifest does the checking: the
+    sizes always, xxh3 checksums with ``ckpt_checksum``. The switch is process-wide, so
+    a torch.save of the user's own running at the same instant also skips it (its file
+    still loads; only zip tools that test CRCs would complain).
+    """
+    serialization = torch.serialization
+    if not hasattr(serialization, "set_crc32_options"):  # torch < 2.6: always computed
+        yield
+        return
+    with _crc_guard:
+        previous = serialization.get_crc32_options()
+        serialization.set_crc32_options(False)
+        try:
+            yield
+        finally:
+            serialization.set_crc32_options(previous)
 
 
 # ------------------------------------------------------------------------------ entries
