@@ -813,3 +813,16 @@ def test_model_pt_skips_the_zip_crc_loads_with_torch_load_and_restores_the_setti
         ckpt.set_model({"model": fresh, "optimizer": torch.optim.Adam(fresh.parameters())})
         with pytest.raises(CheckpointNotFoundError, match="checksum"):
             ckpt.restart()
+
+
+def test_the_model_file_is_read_without_following_a_link(tmp_path: Path) -> None:
+    """Loading opens the regular file itself (a link swapped in after checks is refused)."""
+    from candle_ckpt.backends.torch import _load_regular
+
+    real = tmp_path / "elsewhere.pt"
+    torch.save({"x": torch.ones(2)}, real)
+    assert torch.equal(_load_regular(real)["x"], torch.ones(2))
+    link = tmp_path / "model.pt"
+    link.symlink_to(real)
+    with pytest.raises(candle.UnsafeFileError):
+        _load_regular(link)

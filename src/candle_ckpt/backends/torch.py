@@ -21,6 +21,7 @@ checkpoint that restart could not load.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from collections import Counter, OrderedDict
@@ -39,6 +40,7 @@ from ..engine import CandleCkpt
 from ..errors import CheckpointMismatchError, CkptParamError, CkptParamTypeError
 from ..integrity import safe_member
 from ..logs import CkptLog
+from ..safeio import open_regular
 
 MODEL_FILE = "model.pt"
 FORMAT = "candle-ckpt-torch"
@@ -238,7 +240,7 @@ class TorchBackend:
         name = info.get("model_file") or _LEGACY_MODEL_FILE
         if not isinstance(name, str) or not safe_member(name):
             raise ValueError(f"model_file {name!r} is not a file inside the checkpoint")
-        payload = torch.load(directory / name, map_location="cpu", weights_only=True)
+        payload = _load_regular(directory / name)
         plan = self._plan(payload, name)
         notes = list(plan.notes)
         if plan.original_candle:
@@ -453,6 +455,21 @@ class CandleCkptPyTorch(CandleCkpt):
             backend = getattr(self, "backend", None)
             if isinstance(backend, TorchBackend):
                 backend.release_buffers()
+
+
+def _load_regular(path: Path) -> Any:
+    """torch.load of a regular file, opened without following a link (checked once).
+
+    Where /proc exists, torch reads the very file descriptor that was checked, so a
+    name swapped for a link after validation is never followed.
+    """
+    fd = open_regular(path, os.O_RDONLY, role="the model file")
+    try:
+        proc = f"/proc/self/fd/{fd}"
+        source: Any = proc if os.path.exists(proc) else path
+        return torch.load(source, map_location="cpu", weights_only=True)
+    finally:
+        os.close(fd)
 
 
 _crc_guard = threading.Lock()
