@@ -226,6 +226,13 @@ class TorchBackend:
     def release_buffers(self) -> None:
         self.buffers = {}
 
+    def prefill_buffers(self) -> None:
+        """Allocate (and fault in) the capture buffers now, so that the first background
+        save's capture is a plain copy like every later one, not an allocation too."""
+        self.require_model("set_model")
+        self.buffers = {e.key: _host_copy(_entry_state(e), e.key, self.buffers.get(e.key))
+                        for e in self.entries}
+
     # ----------------------------------------------------------------- restoring
     def load(self, directory: Path, info: dict[str, Any]) -> Restored:
         """Read the model file and check all of it against the live objects; change nothing.
@@ -349,6 +356,8 @@ class CandleCkptPyTorch(CandleCkpt):
         """
         self.backend.set_model(model)
         self._preempt.start()  # stop-signal handlers, until on_train_end() or close()
+        if self.settings.async_save:
+            self.backend.prefill_buffers()
 
     def ckpt_batch(self, epoch: int, batch: int) -> bool:
         """Call after each optimizer step (0-based epoch and batch, like ckpt_epoch).
@@ -433,7 +442,10 @@ class CandleCkptPyTorch(CandleCkpt):
         """
         if model is None:
             self.backend.require_model("restart")
-        return super().restart(model, verbose)
+        J = super().restart(model, verbose)
+        if J is not None and self.settings.async_save:
+            self.backend.prefill_buffers()  # the restored optimizer state has its size now
+        return J
 
     def _attach_model(self, model: Any) -> None:
         self.backend.attach(model)
