@@ -98,7 +98,11 @@ model = torch.nn.Sequential(*[torch.nn.Linear(4096, w, bias=False) for w in widt
 opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 model(torch.randn(2, 4096)).sum().backward()
 opt.step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+model.zero_grad(set_to_none=True)
+import gc, os
+gc.collect()
+with open("/proc/self/statm") as f:  # resident now; the peak so far may be higher
+    before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 if kind == "torch.load":
     import glob
     sd = torch.load(sorted(glob.glob(directory + "/ckpts/last/model.pt"))[0],

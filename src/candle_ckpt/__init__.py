@@ -13,6 +13,7 @@ from typing import Any
 from .engine import CandleCkpt
 from .errors import (
     CheckpointCorruptError,
+    CheckpointDeleteError,
     CheckpointLockedError,
     CheckpointMismatchError,
     CheckpointNotFoundError,
@@ -20,7 +21,9 @@ from .errors import (
     CkptError,
     CkptParamError,
     CkptParamTypeError,
+    LockLostError,
     MetricNotFoundError,
+    UnsafeFileError,
 )
 from .integrity import DEFAULT_ALGORITHM
 from .params import (
@@ -92,6 +95,9 @@ __all__ = [
     "CheckpointMismatchError",
     "CheckpointNotFoundError",
     "CheckpointWriteError",
+    "CheckpointDeleteError",
+    "LockLostError",
+    "UnsafeFileError",
     "MetricNotFoundError",
     "DEFAULT_ALGORITHM",
     "checksum_file",

@@ -131,6 +131,8 @@ class Saver:
             self.drop_superseded(key)
             if not key.partial:
                 self.clean(record.epoch, record.epoch_best)
+            for failed in self.committer.purge_deletions():  # unlisted, not yet removed
+                self._warn(f"{failed}; retried after the next save")
         except Exception as err:  # the checkpoint is committed: report, never undo
             self._warn(f"epoch {record.epoch} is committed, but what follows failed: "
                        f"{type(err).__name__}: {err}; retried after the next save")

@@ -12,6 +12,9 @@ from typing import Any
 from .backend import Restored, Written
 from .commit import FileSink
 from .engine import CandleCkpt
+from .safeio import read_regular
+
+_MAX_BLOB = 1 << 40
 
 
 class FilesBackend:
@@ -33,7 +36,9 @@ class FilesBackend:
 
     def load(self, directory: Path, info: dict[str, Any]) -> Restored:
         files = info.get("files") or {info.get("model_file", "model.bin"): {}}
-        state = {name: (directory / name).read_bytes() for name in files}
+        # Regular files only, never through a link swapped in since validation.
+        state = {name: read_regular(directory / name, _MAX_BLOB, "a checkpoint file")
+                 for name in files}
 
         def apply() -> list[str]:
             self.state = state

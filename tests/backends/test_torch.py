@@ -813,3 +813,35 @@ def test_model_pt_skips_the_zip_crc_loads_with_torch_load_and_restores_the_setti
         ckpt.set_model({"model": fresh, "optimizer": torch.optim.Adam(fresh.parameters())})
         with pytest.raises(CheckpointNotFoundError, match="checksum"):
             ckpt.restart()
+
+
+def test_the_model_file_is_read_without_following_a_link(tmp_path: Path) -> None:
+    """Loading opens the regular file itself (a link swapped in after checks is refused)."""
+    from candle_ckpt.backends.torch import _load_regular
+
+    real = tmp_path / "elsewhere.pt"
+    torch.save({"x": torch.ones(2)}, real)
+    assert torch.equal(_load_regular(real)["x"], torch.ones(2))
+    link = tmp_path / "model.pt"
+    link.symlink_to(real)
+    with pytest.raises(candle.UnsafeFileError):
+        _load_regular(link)
+
+
+def test_async_capture_buffers_are_allocated_before_the_first_save(tmp_path: Path) -> None:
+    """The first background save's capture reuses buffers made at set_model / restart."""
+    model = make_net(0)
+    optimizer = torch.optim.Adam(model.parameters())
+    train_steps(model, optimizer)
+    with new_ckpt(tmp_path, ckpt_async=True) as ckpt:
+        ckpt.set_model({"model": model, "optimizer": optimizer})
+        prefilled = ckpt.backend.buffers["model"]["0.weight"]
+        ckpt.ckpt_epoch(0, 1.0)
+        assert ckpt.backend.buffers["model"]["0.weight"] is prefilled  # reused, not new
+    fresh = make_net(1)
+    fresh_opt = torch.optim.Adam(fresh.parameters())
+    with new_ckpt(tmp_path, ckpt_async=True) as ckpt:
+        ckpt.set_model({"model": fresh, "optimizer": fresh_opt})
+        assert ckpt.backend.buffers["optimizer"]["state"] == {}  # no Adam state yet
+        assert ckpt.restart(fresh) is not None
+        assert len(ckpt.backend.buffers["optimizer"]["state"]) == len(list(fresh.parameters()))

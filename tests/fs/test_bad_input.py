@@ -27,6 +27,11 @@ def _tree(root: Path) -> dict[str, str]:
             rel = str(p.relative_to(root))
             if p.is_symlink():
                 out[rel] = "-> " + os.readlink(p)
+            elif p.is_file() and name == "ckpt.lock":
+                # It names the holder and the second it took the lock: any engine that
+                # opens the directory rewrites it. What must not change is that it is
+                # there, a regular file, and the checkpoints beside it.
+                out[rel] = "lock file"
             elif p.is_file() and name != "ckpt.log":
                 out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
             elif p.is_dir():

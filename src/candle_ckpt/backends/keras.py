@@ -147,11 +147,31 @@ def _capture_weights(model: Any, skip: list[Any], previous: Entries | None = Non
     from keras.src.saving import saving_lib
 
     store = _recording_store_class()(previous, share)
+    optimizer = _stock_optimizer(model, skip)
+    visited = {id(o) for o in skip} | ({id(optimizer)} if optimizer is not None else set())
     saving_lib._save_state(
         model, weights_store=store, assets_store=None, inner_path="",
-        visited_saveables={id(o) for o in skip},
+        visited_saveables=visited,
     )
+    if optimizer is not None:
+        # What Optimizer.save_own_variables records, minus its variable.numpy() copy of
+        # every variable (half of a large model's async stall): read them like layers'.
+        store.make("optimizer", metadata={"name": optimizer.name})
+        for i, variable in enumerate(optimizer.variables):
+            store[str(i)] = variable
     return store.entries
+
+
+def _stock_optimizer(model: Any, skip: list[Any]) -> Any:
+    """The model's optimizer when Keras saves it the stock way (so we may record it)."""
+    from keras.src.optimizers.base_optimizer import BaseOptimizer
+
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or any(o is optimizer for o in skip) \
+            or not isinstance(optimizer, BaseOptimizer) or not isinstance(optimizer.name, str) \
+            or type(optimizer).save_own_variables is not BaseOptimizer.save_own_variables:
+        return None
+    return optimizer
 
 
 def _writing_store_class() -> type:

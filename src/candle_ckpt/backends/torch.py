@@ -21,6 +21,7 @@ checkpoint that restart could not load.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from collections import Counter, OrderedDict
@@ -40,6 +41,7 @@ from ..engine import CandleCkpt
 from ..errors import CheckpointMismatchError, CkptParamError, CkptParamTypeError
 from ..integrity import safe_member
 from ..logs import CkptLog
+from ..safeio import open_regular
 from . import torch_dcp
 
 MODEL_FILE = "model.pt"
@@ -266,6 +268,15 @@ class TorchBackend:
     def release_buffers(self) -> None:
         self.buffers = {}
 
+    def prefill_buffers(self) -> None:
+        """Allocate (and fault in) the capture buffers now, so that the first background
+        save's capture is a plain copy like every later one, not an allocation too."""
+        self.require_model("set_model")
+        if self.coord is not None and not self.coord.is_writer:
+            return  # its captures hold only its RNG states
+        self.buffers = {e.key: _host_copy(_entry_state(e), e.key, self.buffers.get(e.key))
+                        for e in self.entries if not (self.sharded and e.key in _REQUIRED)}
+
     # ----------------------------------------------------------------- restoring
     def load(self, directory: Path, info: dict[str, Any]) -> Restored:
         """Read the model file and check all of it against the live objects; change nothing.
@@ -303,7 +314,7 @@ class TorchBackend:
         ranks_rng = None
         if not notes:
             ranks_rng = load_rank_rng(directory, info, self.coord)  # before the big file
-        payload = torch.load(directory / name, map_location="cpu", weights_only=True)
+        payload = _load_regular(directory / name)
         plan = self._plan(payload, name, sharded=self.sharded)
         plan.sharded = sharded
         plan.notes.extend(notes)
@@ -427,6 +438,8 @@ class CandleCkptPyTorch(CandleCkpt):
         """
         self.backend.set_model(model)
         self._preempt.start()  # stop-signal handlers, until on_train_end() or close()
+        if self.settings.async_save:
+            self.backend.prefill_buffers()
 
     def ckpt_batch(self, epoch: int, batch: int) -> bool:
         """Call after each optimizer step (0-based epoch and batch, like ckpt_epoch).
@@ -511,7 +524,10 @@ class CandleCkptPyTorch(CandleCkpt):
         """
         if model is None:
             self.backend.require_model("restart")
-        return super().restart(model, verbose)
+        J = super().restart(model, verbose)
+        if J is not None and self.settings.async_save:
+            self.backend.prefill_buffers()  # the restored optimizer state has its size now
+        return J
 
     def _attach_model(self, model: Any) -> None:
         self.backend.attach(model)
@@ -533,6 +549,21 @@ class CandleCkptPyTorch(CandleCkpt):
             backend = getattr(self, "backend", None)
             if isinstance(backend, TorchBackend):
                 backend.release_buffers()
+
+
+def _load_regular(path: Path) -> Any:
+    """torch.load of a regular file, opened without following a link (checked once).
+
+    Where /proc exists, torch reads the very file descriptor that was checked, so a
+    name swapped for a link after validation is never followed.
+    """
+    fd = open_regular(path, os.O_RDONLY, role="the model file")
+    try:
+        proc = f"/proc/self/fd/{fd}"
+        source: Any = proc if os.path.exists(proc) else path
+        return torch.load(source, map_location="cpu", weights_only=True)
+    finally:
+        os.close(fd)
 
 
 _crc_guard = threading.Lock()
@@ -887,7 +918,7 @@ def load_rank_rng(directory: Path, info: dict[str, Any],
     if coord is None or "rank_rng_files" not in info:
         return None  # a single-process checkpoint: its model file holds rank 0's RNGs
     name = rank_file("rng", coord.rank)
-    payload = torch.load(directory / name, map_location="cpu", weights_only=True)
+    payload = _load_regular(directory / name)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT \
             or payload.get("rank") != coord.rank:
         raise ValueError(f"{name} is not the RNG file of rank {coord.rank}")
