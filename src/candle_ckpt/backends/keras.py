@@ -416,6 +416,7 @@ class _Deferred:
     optimizer: list[np.ndarray] | None = None
     optimizer_type: str | None = None
     source: str = ""
+    legacy: bool = False  # an original CANDLE model.h5: a misfit starts the optimizer fresh
 
 
 # Per model: what the callback applies when training begins.
@@ -589,9 +590,10 @@ class KerasBackend:
     def _plan_legacy_h5(self, model: Any, path: Path) -> Any:
         """Check an original CANDLE ``model.h5`` (model.save); return what loads it.
 
-        The weights' shapes (layer by layer, as Keras' legacy loader pairs them) and the
-        optimizer variables (when the model is compiled) are compared first, so a file
-        that does not fit raises CheckpointMismatchError with nothing changed.
+        The weights' shapes (layer by layer, as Keras' legacy loader pairs them) are
+        compared first, so a model that does not fit raises CheckpointMismatchError with
+        nothing changed. Optimizer state that does not fit (another Keras version's
+        layout, an optimizer never stepped) is left out with a warning, as before.
         """
         import h5py
         from keras.src.legacy.saving import legacy_h5_format
@@ -619,25 +621,29 @@ class KerasBackend:
                 f"{saved[first] if first < len(saved) else 'missing'} in the checkpoint, "
                 f"{live[first] if first < len(live) else 'missing'} in the model "
                 f"({len(saved)} vs {len(live)} weights)")
+        fresh = None
         if values is not None and optimizer is not None:
             if not optimizer.built:
                 optimizer.build(model.trainable_variables)
             shapes = [tuple(v.shape) for v in optimizer.variables]
             if [tuple(v.shape) for v in values] != shapes:
-                raise CheckpointMismatchError(
-                    f"{path.name} does not fit the optimizer: {len(values)} optimizer "
-                    f"variables in the checkpoint, {len(shapes)} in "
-                    f"{type(optimizer).__name__} (or their shapes differ)")
+                # Not a reason to refuse the weights: the original saved Keras 2-era
+                # layouts and unstepped optimizers too. Say so and start it fresh.
+                fresh = (f"{path}: its optimizer state ({len(values)} variables) does not "
+                         f"fit {type(optimizer).__name__} ({len(shapes)}); the optimizer "
+                         "starts fresh")
 
         def apply() -> list[str]:
             model.load_weights(str(path))  # weights only; never deserializes the model
             if values is None:
                 self.log.info(f"{path}: holds no optimizer state; the optimizer starts fresh")
             elif optimizer is None:
-                _deferred.setdefault(model, _Deferred()).optimizer = values
-                _deferred[model].source = str(path)
+                pending = _deferred.setdefault(model, _Deferred())
+                pending.optimizer, pending.source, pending.legacy = values, str(path), True
                 self.log.info(f"{path}: the model is not compiled yet; its optimizer state "
                               "is applied when training begins")
+            elif fresh is not None:
+                return [fresh]
             else:
                 optimizer.set_weights(values)
                 self.log.info(f"{path}: restored weights and optimizer state "
@@ -690,6 +696,13 @@ class KerasBackend:
         if not optimizer.built:
             optimizer.build(model.trainable_variables)
         variables = optimizer.variables
+        if pending.legacy and [tuple(v.shape) for v in values] != \
+                [tuple(v.shape) for v in variables]:
+            self.log.warning(f"{pending.source}: its optimizer state ({len(values)} "
+                             f"variables) does not fit {type(optimizer).__name__} "
+                             f"({len(variables)}; another Keras version or an optimizer "
+                             "never stepped); the optimizer starts fresh")
+            return
         if len(values) != len(variables):
             raise CheckpointMismatchError(
                 f"{pending.source} does not fit the optimizer: {len(values)} optimizer "
