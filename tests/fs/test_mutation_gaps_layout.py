@@ -345,3 +345,13 @@ def test_read_info_of_a_layout(tmp_path):
     _epoch(lay, 2, batch=5)
     assert lay.read_info(2, 5) == {"epoch": 2}
     assert lay.is_complete(2, 5) and not lay.is_complete(2)
+
+
+def test_a_pointer_that_cannot_be_looked_at_is_other_and_keeps_its_path(tmp_path):
+    lay = Layout.ours(tmp_path)
+    _epoch(lay, 1)
+    p = lay.read_pointer("la\0st")  # lstat raises ValueError: an embedded NUL
+    assert (p.name, p.path, p.kind, p.epoch) == ("la\0st", lay.base / "la\0st", "other", None)
+    assert p.problem.startswith("cannot be looked at")
+    p = lay.read_pointer("x" * 300)  # ENAMETOOLONG
+    assert (p.path, p.kind) == (lay.base / ("x" * 300), "other") and not p.ok
