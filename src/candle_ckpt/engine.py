@@ -168,8 +168,9 @@ class CandleCkpt(SpecMethods):
         )
         self._log.info(self._preempt.describe())
         if s.save_interval == 0:
-            self._log.info("ckpt_save_interval=0: no checkpoint is saved in this run (no interval, "
-                      "best or final-epoch checkpoints); restart still reads existing ones")
+            self._log.info("ckpt_save_interval=0: no checkpoint is saved in this run (no "
+                           "interval, best or final-epoch checkpoints); restart still reads "
+                           "existing ones")
 
     def _report_end(self) -> None:
         self._log.info(
@@ -267,7 +268,7 @@ class CandleCkpt(SpecMethods):
         metric = _metric(metric_value)
         if self._preempt.stop_requested:
             self._log.info(f"epoch {epoch_now}: not saved as complete; training was stopped "
-                      "mid-epoch (its mid-epoch checkpoint is the one to resume from)")
+                           "mid-epoch (its mid-epoch checkpoint is the one to resume from)")
             return False
         self._ensure_lock()
         self.wait()  # at most one save in flight; capture may reuse the previous buffers
@@ -326,8 +327,8 @@ class CandleCkpt(SpecMethods):
         if due is None:
             return False
         self._preempt.stop_requested = True
-        self._log.warning(f"{reason}: saved a mid-epoch checkpoint (epoch {epoch_done} + {batches} "
-                     "batches); stopping training")
+        self._log.warning(f"{reason}: saved a mid-epoch checkpoint (epoch {epoch_done} + "
+                          f"{batches} batches); stopping training")
         if self._writer:  # one requeue per job, not one per rank
             self._preempt.after_stop_save(due)
         return True
