@@ -345,7 +345,7 @@ class CandleCkpt(SpecMethods):
                                save_interval=self.save_interval, save_best=self.save_best,
                                is_new_best=is_best)
         self._log.debug(f"epoch {epoch}: {'saving' if decision.save else 'not saving'} "
-                   f"({decision.reason})")
+                        f"({decision.reason})")
         if not decision.save:
             return None
         best = self._best.after(epoch, metric, sign) if is_best else self._best
