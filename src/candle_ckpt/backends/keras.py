@@ -39,6 +39,7 @@ from ..errors import (
     CkptParamError,
     MetricNotFoundError,
 )
+from ..integrity import safe_member
 from ..logs import CkptLog
 
 MODEL_FILE = "model.weights.h5"
@@ -512,11 +513,11 @@ class KerasBackend:
                 "before restart so its weights can be loaded"
             )
         model_file = info.get("model_file") or LEGACY_MODEL_FILE
-        if not isinstance(model_file, str) or "/" in model_file or model_file.startswith("."):
+        if not safe_member(model_file) or model_file.startswith("."):
             raise CheckpointCorruptError(f"model_file {model_file!r} is not a file name")
         path = Path(directory) / model_file
         rng_name = info.get("rng_file") or RNG_FILE
-        if not isinstance(rng_name, str) or "/" in rng_name or rng_name.startswith("."):
+        if not safe_member(rng_name) or rng_name.startswith("."):
             raise CheckpointCorruptError(f"rng_file {rng_name!r} is not a file name")
         rng_path = Path(directory) / rng_name
         notes: list[str] = []

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..layout import INFO_FILE, LOCK_FILE, LOG_FILE, CheckpointSummary, Layout
+from ..layout import INFO_FILE, LOCK_FILE, LOG_FILE, CheckpointSummary, CkptKey, Layout
 
 PROG = "candle-ckpt"
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
@@ -224,14 +224,14 @@ def append_log(layout: Layout, message: str) -> None:
 MAX_INFO_BYTES = 64 << 20
 
 
-def info_problem(layout: Layout, epoch: int) -> str | None:
+def info_problem(layout: Layout, epoch: int, batch: int = 0) -> str | None:
     """Why an epoch's ``ckpt-info.json`` must not be read, or None when it may be.
 
     Checked before any read, without following links: a symlink (to ``/dev/zero``, a
     FIFO, a file elsewhere), a device or FIFO (a read would hang), or a file too big to
     be one. A missing file is not a problem here (the checkpoint is incomplete).
     """
-    path = layout.epoch_dir(epoch) / INFO_FILE
+    path = layout.epoch_dir(epoch, batch) / INFO_FILE
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -247,19 +247,20 @@ def info_problem(layout: Layout, epoch: int) -> str | None:
     return None
 
 
-def read_info_safely(layout: Layout, epoch: int) -> dict[str, Any]:
-    """An epoch's parsed ``ckpt-info.json``; ValueError when it must not or cannot be read.
+def read_info_safely(layout: Layout, epoch: int, batch: int = 0) -> dict[str, Any]:
+    """A checkpoint's parsed ``ckpt-info.json``; ValueError when it must not or cannot be
+    read (``batch`` > 0: a mid-epoch checkpoint).
 
     Raises:
         FileNotFoundError: there is none (an incomplete checkpoint).
         ValueError: see :func:`info_problem`, or it is not a JSON object.
         OSError: it cannot be read.
     """
-    problem = info_problem(layout, epoch)
+    problem = info_problem(layout, epoch, batch)
     if problem is not None:
         raise ValueError(problem)
     try:
-        return layout.read_info(epoch)
+        return layout.read_info(epoch, batch)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
 
@@ -292,30 +293,24 @@ def summarize_safely(layout: Layout) -> list[CheckpointSummary]:
     """
     last = layout.read_pointer("last")
     best = layout.read_pointer("best")
+    # Epoch-end directories (complete or not), then complete mid-epoch checkpoints.
+    keys = [(CkptKey(e), layout.is_complete(e)) for e in layout.list_epochs()]
+    keys += [(k, True) for k in layout.complete_keys() if k.partial]
     rows = []
-    for e in layout.list_epochs():
-        row = CheckpointSummary(e, layout.epoch_dir(e), layout.is_complete(e))
-        if row.complete:
+    for key, complete in keys:
+        row = CheckpointSummary(key.epoch, layout.epoch_dir(key.epoch, key.batch), complete,
+                                batch=key.batch)
+        if complete:
             try:
-                row.info = read_info_safely(layout, e)
+                row.info = read_info_safely(layout, key.epoch, key.batch)
             except Exception as err:  # any content is one unreadable row, not a crash
                 row.error = f"unreadable {INFO_FILE}: {shown(err)}"
-        if last.ok and last.key == row.key:
-            row.markers.append("last")
-        if best.ok and best.epoch == e and not best.batch:
-            row.markers.append("best")
-        rows.append(row)
-    for key in layout.complete_keys():  # mid-epoch checkpoints (pre-emption, time-based)
-        if not key.partial:
-            continue
-        row = CheckpointSummary(key.epoch, layout.epoch_dir(key.epoch, key.batch), True,
-                                batch=key.batch, markers=["mid-epoch"])
-        try:
-            row.info = layout.read_info(key.epoch, key.batch)
-        except Exception as err:  # any content is one unreadable row, not a crash
-            row.error = f"unreadable {INFO_FILE}: {shown(err)}"
         if last.ok and last.key == key:
-            row.markers.insert(0, "last")
+            row.markers.append("last")
+        if key.partial:
+            row.markers.append("mid-epoch")
+        elif best.ok and best.key == key:
+            row.markers.append("best")
         rows.append(row)
     return sorted(rows, key=lambda r: r.key)
 
