@@ -41,7 +41,7 @@ from .errors import CheckpointMismatchError, CheckpointWriteError, CkptError, Ck
 from .layout import INFO_FILE, CkptKey
 from .params import DISTRIBUTED_METRICS
 from .record import SaveRecord, to_info
-from .restorer import BestSoFar, RestartResult, Restorer
+from .restorer import BestSoFar, RestartResult, Restorer, restart_result, where_in
 from .saver import Saver
 
 
@@ -335,18 +335,11 @@ def restart_together(coord: Coordinator, restorer: Restorer, backend: Backend,
             restorer.log.info(note)
         for note in restored.apply():
             restorer.log.warning(note)
-        J = dict(candidate.info)
-        J["epoch"] = key.epoch
-        J["batch"] = key.batch  # always present: 0 for an epoch-end checkpoint
-        J["restarted_from"] = str(directory)
-        J["skipped"] = skipped
         best = candidate.best or BestSoFar(None, None)
         if verbose:
-            where_in = f"epoch {key.epoch}" + (
-                f" + {key.batch} batches of the next (mid-epoch)" if key.partial else "")
-            restorer.log.info(f"restarted from {directory} ({where_in}; rank {coord.rank} of "
-                              f"{coord.world_size}; best={best.value} at epoch {best.epoch})")
-        return RestartResult(J, key.epoch, directory, best, key.batch)
+            restorer.log.info(f"restarted from {directory} ({where_in(key)}; rank {coord.rank} "
+                              f"of {coord.world_size}; best={best.value} at epoch {best.epoch})")
+        return restart_result(candidate.info, key, directory, best, skipped)
     failure: BaseException | None = None
     if coord.is_writer:
         why = where.why if not candidates else "every checkpoint failed validation"

@@ -130,17 +130,10 @@ class Restorer:
                 self.log.warning(f"not restarting from {directory}: {outcome}")
                 continue
             info, best = outcome
-            J = dict(info)
-            J["epoch"] = key.epoch
-            J["batch"] = key.batch  # always present: 0 for an epoch-end checkpoint
-            J["restarted_from"] = str(directory)
-            J["skipped"] = skipped
             if verbose:
-                where_in = f"epoch {key.epoch}" + (
-                    f" + {key.batch} batches of the next (mid-epoch)" if key.partial else "")
-                self.log.info(f"restarted from {relpath(directory)} ({where_in}; "
+                self.log.info(f"restarted from {relpath(directory)} ({where_in(key)}; "
                               f"best={best.value} at epoch {best.epoch})")
-            return RestartResult(J, key.epoch, directory, best, key.batch)
+            return restart_result(info, key, directory, best, skipped)
         self._none_usable("every checkpoint failed validation", skipped)
         return None
 
@@ -209,6 +202,23 @@ class Restorer:
                                              for s in skipped) if skipped else "")
             )
         self.log.info(message + "; starting from scratch")
+
+
+def where_in(key: CkptKey) -> str:
+    """How a log line names the checkpoint restarted from."""
+    return f"epoch {key.epoch}" + (
+        f" + {key.batch} batches of the next (mid-epoch)" if key.partial else "")
+
+
+def restart_result(info: dict[str, Any], key: CkptKey, directory: Path, best: BestSoFar,
+                   skipped: list[dict[str, Any]]) -> RestartResult:
+    """The result of loading ``key``: its info plus where it came from and what was skipped."""
+    J = dict(info)
+    J["epoch"] = key.epoch
+    J["batch"] = key.batch  # always present: 0 for an epoch-end checkpoint
+    J["restarted_from"] = str(directory)
+    J["skipped"] = skipped
+    return RestartResult(J, key.epoch, directory, best, key.batch)
 
 
 def _refused(p: Pointer) -> bool:
