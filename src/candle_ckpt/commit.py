@@ -475,6 +475,7 @@ class Committer:
     def __init__(self, layout: Layout, log: Callable[[str], None]) -> None:
         self.layout = layout
         self.log = log
+        self.remover = Remover()
 
     def recover(self) -> None:
         """Clean what a crash may have left: a stale work/, asides, half-deleted dirs.
@@ -522,21 +523,28 @@ class Committer:
             self.log(f"could not remove {display_path(path)}: {printable(err)}; it is "
                      "retried by the next engine on this directory")
 
-    def purge_deletions(self) -> list[CheckpointDeleteError]:
+    def purge_deletions(self, background: bool = False) -> list[CheckpointDeleteError]:
         """Retry removing checkpoints the keep policy unlisted but could not remove.
 
         ``.deleting-*`` entries in ``epochs/`` are no longer checkpoints (restart never
         sees them); this only frees their space. Returns what still failed (never raises).
+        With ``background`` they are handed to :attr:`remover` (what it fails on is
+        reported by its ``wait()``), except those it has already.
         """
-        failed = []
+        failed: list[CheckpointDeleteError] = []
+        if not background:
+            self.remover.wait()  # never two removals of one directory at once
         for path in self.layout.leftovers():
             if not path.name.startswith(_DELETING_PREFIX):
+                continue
+            what = f"removing {display_path(path)} (a checkpoint already unlisted) failed"
+            if background:
+                self.remover.submit(path, what)
                 continue
             try:
                 _rmtree(path)
             except OSError as err:
-                failed.append(_delete_error(err, f"removing {display_path(path)} (a "
-                                            "checkpoint already unlisted) failed", path))
+                failed.append(_delete_error(err, what, path))
         return failed
 
     def new_work(self) -> Path:
@@ -641,8 +649,13 @@ class Committer:
             path.unlink()
             fsync_dir(self.layout.base)
 
-    def delete_epoch(self, epoch: int, batch: int = 0) -> None:
+    def delete_epoch(self, epoch: int, batch: int = 0, background: bool = False) -> None:
         """Delete a checkpoint: rename first so a crash never leaves half of one listed.
+
+        With ``background`` the renamed directory's files are removed by
+        :attr:`remover`'s thread (freeing a GB-sized file takes a quarter of a second
+        on ext4): the checkpoint is unlisted when this returns, its space is free once
+        ``remover.wait()`` returns (each save waits for it before writing).
 
         Raises:
             CheckpointDeleteError: the rename failed (EBUSY, EPERM, EACCES, ``chattr +i``:
@@ -669,6 +682,10 @@ class Committer:
             self.log(f"fsync of {display_path(self.layout.epochs_dir)} failed: "
                      f"{printable(err)}")
         _step("epoch-unlisted")
+        if background:
+            self.remover.submit(doomed, f"keep policy: epoch {epoch} is unlisted (renamed to "
+                                f"{display_path(doomed)}) but not all of it could be removed")
+            return
         try:
             _rmtree(doomed)
         except OSError as err:
@@ -679,6 +696,72 @@ class Committer:
 
 
 _deletions = itertools.count(1)
+
+
+class Remover:
+    """Removes unlisted checkpoint directories on a thread of its own, one at a time.
+
+    Only ``.deleting-*`` directories (already not checkpoints) are handed to it, so a
+    crash part-way leaves nothing restart could mistake for a checkpoint; the next
+    engine's :meth:`Committer.recover` removes what is left.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._todo: list[tuple[Path, str]] = []
+        self._queued: set[Path] = set()  # in _todo, or being removed now
+        self._failed: list[CheckpointDeleteError] = []
+        self._thread: threading.Thread | None = None
+
+    def submit(self, path: Path, what: str) -> None:
+        """Remove ``path`` (a file or a tree, links not followed), unless it is queued."""
+        with self._lock:
+            if path in self._queued:
+                return
+            self._queued.add(path)
+            self._todo.append((path, what))
+            if self._thread is None or not self._thread.is_alive():  # (a fork's copy)
+                # Not a daemon: at interpreter exit the space is freed, not left to recover().
+                self._thread = threading.Thread(target=self._run, name="candle-ckpt-remove")
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._todo:
+                    self._thread = None
+                    return
+                path, what = self._todo.pop(0)
+            failure: CheckpointDeleteError | None = None
+            try:
+                _rmtree(path)
+                _step("epoch-deleted")
+            except FileNotFoundError:
+                pass  # gone already (removed by hand, or by a retry)
+            except OSError as err:
+                failure = _delete_error(err, f"{what}; purge_deletions() retries", path)
+            except BaseException as err:  # never lose a failure silently
+                failure = CheckpointDeleteError(0, f"{what}: {type(err).__name__}: {err}",
+                                                os.fspath(path))
+            with self._lock:
+                self._queued.discard(path)
+                if failure is not None:
+                    self._failed.append(failure)
+
+    def wait(self) -> list[CheckpointDeleteError]:
+        """Wait until everything submitted is removed; what failed since the last call."""
+        while True:
+            with self._lock:
+                thread = self._thread
+            if thread is None:
+                break
+            thread.join()
+            with self._lock:
+                if self._thread is thread:  # gone without clearing it: a forked copy
+                    self._thread = None
+        with self._lock:
+            failed, self._failed = self._failed, []
+        return failed
 
 
 def _delete_error(err: OSError, what: str, path: Path) -> CheckpointDeleteError:

@@ -216,6 +216,9 @@ class CandleCkpt(SpecMethods):
         try:
             self.wait()
         finally:
+            saver = getattr(self, "_saver", None)
+            if saver is not None:
+                saver.finish_deletions()  # nothing of ours goes on in the directory
             preempt = getattr(self, "_preempt", None)
             if preempt is not None:
                 preempt.stop()

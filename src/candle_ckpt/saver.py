@@ -76,6 +76,7 @@ class Saver:
             CheckpointWriteError: anything failed before the commit point; ``last`` and
                 every earlier checkpoint are untouched.
         """
+        self.finish_deletions()  # the space of the last save's deletions is free first
         start = time.perf_counter()
         epoch = record.epoch
         work = self.layout.work
@@ -128,11 +129,13 @@ class Saver:
                 if record.epoch in self.run_epochs:
                     self.run_epochs.remove(record.epoch)
                 self.run_epochs.append(record.epoch)
-            self.drop_superseded(key)
+            # The files of what is deleted are removed on the remover's thread: the
+            # training thread goes on once they are unlisted.
+            self.drop_superseded(key, background=True)
             if not key.partial:
-                self.clean(record.epoch, record.epoch_best)
-            for failed in self.committer.purge_deletions():  # unlisted, not yet removed
-                self._warn(f"{failed}; retried after the next save")
+                self.clean(record.epoch, record.epoch_best, background=True)
+            # unlisted earlier but not removed: retried on the remover's thread too
+            self.committer.purge_deletions(background=True)
         except Exception as err:  # the checkpoint is committed: report, never undo
             self._warn(f"epoch {record.epoch} is committed, but what follows failed: "
                        f"{type(err).__name__}: {err}; retried after the next save")
@@ -144,14 +147,19 @@ class Saver:
                                 best=self.layout.read_pointer("best").epoch,
                                 restart_from=self.resumed_from)
 
-    def drop_superseded(self, newest: CkptKey) -> None:
+    def finish_deletions(self) -> None:
+        """Wait for the background removal of deleted checkpoints; log what failed."""
+        for failed in self.committer.remover.wait():
+            self._warn(f"{failed}; retried after the next save")
+
+    def drop_superseded(self, newest: CkptKey, background: bool = False) -> None:
         """Delete this run's mid-epoch checkpoints older than ``newest`` (not protected)."""
         protected = self._protected_keys()
         for key in sorted(self.run_partials):
             if key >= newest or key in protected:
                 continue
             try:
-                self.committer.delete_epoch(key.epoch, key.batch)
+                self.committer.delete_epoch(key.epoch, key.batch, background)
             except OSError as err:
                 self._warn(f"could not delete superseded {key.name}: {err}; "
                            "it is tried again after the next save")
@@ -166,7 +174,8 @@ class Saver:
                 keys.add(key)
         return keys
 
-    def clean(self, epoch_now: int, epoch_best: int | None) -> tuple[int, int]:
+    def clean(self, epoch_now: int, epoch_best: int | None, background: bool = False
+              ) -> tuple[int, int]:
         """Delete this run's old checkpoints per the keep policy; (kept, deleted).
 
         A deletion that fails is logged; the epoch stays in this run's list, so the
@@ -176,15 +185,15 @@ class Saver:
                                   epoch_now, epoch_best, self.protected())
         deleted = 0
         for epoch in doomed:
-            if self.delete(epoch):
+            if self.delete(epoch, background):
                 deleted += 1
         return len(self.run_epochs), deleted
 
-    def delete(self, epoch: int) -> bool:
+    def delete(self, epoch: int, background: bool = False) -> bool:
         """Delete one checkpoint of this run; False (logged) when the filesystem refuses."""
         self.log.debug(f"deleting epoch {epoch} (keep policy {self.keep.mode}/{self.keep.limit})")
         try:
-            self.committer.delete_epoch(epoch)
+            self.committer.delete_epoch(epoch, background=background)
         except OSError as err:
             self._warn(f"could not delete epoch {epoch} (keep policy): {err}; "
                        "it is tried again after the next save")

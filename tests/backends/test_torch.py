@@ -845,3 +845,35 @@ def test_async_capture_buffers_are_allocated_before_the_first_save(tmp_path: Pat
         assert ckpt.backend.buffers["optimizer"]["state"] == {}  # no Adam state yet
         assert ckpt.restart(fresh) is not None
         assert len(ckpt.backend.buffers["optimizer"]["state"]) == len(list(fresh.parameters()))
+
+
+class _WithView(nn.Module):
+    """A module whose buffer is a view into a larger storage (copied on every capture)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 1)
+        self.register_buffer("window", torch.arange(16.0)[4:12])
+
+
+def test_sync_captures_reuse_their_host_copies_and_share_only_live_tensors(
+        tmp_path: Path) -> None:
+    model = _WithView()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with new_ckpt(tmp_path) as ckpt:
+        ckpt.set_model({"model": model, "optimizer": optimizer})
+        first = ckpt.backend.capture(live=True).payload["model_state_dict"]
+        live = model.state_dict()
+        # compact CPU tensors are written as they are; the view is copied
+        assert first["lin.weight"].data_ptr() == live["lin.weight"].data_ptr()
+        assert first["window"].data_ptr() != live["window"].data_ptr()
+        assert first["window"].untyped_storage().nbytes() == 8 * 4  # only the view's bytes
+        kept = ckpt.backend.live_buffers["model"]
+        assert kept["lin.weight"] is None  # a live tensor never becomes a buffer
+        model.window.add_(100.0)
+        second = ckpt.backend.capture(live=True).payload["model_state_dict"]
+        assert second["window"].data_ptr() == first["window"].data_ptr()  # reused
+        assert torch.equal(second["window"], model.window)
+        ckpt.ckpt_epoch(0, 1.0)
+    saved = torch.load(tmp_path / "ckpts" / "last" / "model.pt", weights_only=True)
+    assert torch.equal(saved["model_state_dict"]["window"], torch.arange(16.0)[4:12] + 100.0)

@@ -61,4 +61,7 @@ def info(directory: Path, epoch: int) -> dict[str, Any]:
 
 
 def epoch_dirs(base: Path) -> list[str]:
-    return sorted(p.name for p in (base / "epochs").iterdir())
+    """The names in epochs/, but for checkpoints already unlisted by the keep policy
+    (``.deleting-*``, whose files the engine's remover thread may still be removing)."""
+    return sorted(p.name for p in (base / "epochs").iterdir()
+                  if not p.name.startswith(".deleting-"))

@@ -53,6 +53,7 @@ CHILD = textwrap.dedent("""
 
     candle_ckpt.commit._on_step = on_step
     save(*config["save"])
+    e.close()  # the keep policy's files are removed on a thread: wait for it
     print(json.dumps(seen))
 """)
 

@@ -172,7 +172,7 @@ def test_a_failing_supersession_is_retried(tmp_path, caplog):
     real = s.committer.delete_epoch
     calls = []
 
-    def refuse(epoch, batch=0):
+    def refuse(epoch, batch=0, background=False):
         calls.append((epoch, batch))
         raise PermissionError(13, "refused")
 
@@ -204,7 +204,7 @@ def test_delete_reports_false_and_keeps_the_epoch_listed_when_refused(tmp_path):
     save(s, record(1))
     save(s, record(2))
 
-    def refuse(epoch, batch=0):
+    def refuse(epoch, batch=0, background=False):
         raise PermissionError(13, "refused")
 
     real, s.committer.delete_epoch = s.committer.delete_epoch, refuse

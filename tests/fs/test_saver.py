@@ -78,11 +78,11 @@ def test_a_failing_deletion_after_the_commit_point_is_logged_and_retried(tmp_pat
     original = saver.committer.delete_epoch
     refused = []
 
-    def busy(epoch: int) -> None:
+    def busy(epoch: int, batch: int = 0, background: bool = False) -> None:
         if not refused:
             refused.append(epoch)
             raise OSError(errno.EBUSY, "Device or resource busy")
-        original(epoch)
+        original(epoch, batch, background)
 
     saver.committer.delete_epoch = busy  # type: ignore[method-assign]
     saver.save(make_record(1), saver.backend.capture(False))
@@ -150,3 +150,79 @@ def test_a_log_that_cannot_be_written_never_fails_a_save(tmp_path, monkeypatch):
         e.set_model(blobs(2))
         assert e.ckpt_epoch(1, "-", 0.1)
     assert link_target(ckpts(tmp_path) / "last") == "epochs/002"
+
+
+def test_the_keep_policy_unlists_at_once_and_removes_the_files_on_the_remover_thread(
+        tmp_path, monkeypatch):
+    """The training thread goes on once the old checkpoint is unlisted; its files are
+    gone before the next save writes anything, and when the engine is closed."""
+    import threading
+
+    from candle_ckpt import commit
+
+    saver = make_saver(tmp_path, FaultyBackend(), KeepRule("linear", 1))
+    gate, removing = threading.Event(), []
+    real = commit._rmtree
+
+    def slow(path: Path) -> None:
+        removing.append((path.name, threading.current_thread().name))
+        assert gate.wait(10)
+        real(path)
+
+    monkeypatch.setattr(commit, "_rmtree", slow)
+    saver.save(make_record(1), saver.backend.capture(False))
+    saver.save(make_record(2), saver.backend.capture(False))  # returns while 1 is removed
+    epochs = ckpts(tmp_path) / "epochs"
+    assert Layout.ours(tmp_path).list_epochs() == [2]  # unlisted before save returned
+    assert [n for n, _ in removing] == [p.name for p in epochs.glob(".deleting-001.*")]
+    assert removing[0][1] == "candle-ckpt-remove"
+    done = threading.Thread(target=saver.save, args=(make_record(3),
+                                                     saver.backend.capture(False)))
+    done.start()
+    done.join(0.5)
+    assert done.is_alive() and not (epochs / "003").exists()  # waits for the space first
+    gate.set()
+    done.join(10)
+    saver.finish_deletions()
+    assert sorted(p.name for p in epochs.iterdir()) == ["003"]
+
+
+def test_a_failure_on_the_remover_thread_is_logged_by_the_next_save_and_retried(
+        tmp_path, monkeypatch):
+    from candle_ckpt import commit
+
+    saver = make_saver(tmp_path, FaultyBackend(), KeepRule("linear", 1))
+    real, refused = commit._rmtree, []
+
+    def busy(path: Path) -> None:
+        if path.name.startswith(".deleting-") and not refused:
+            refused.append(path.name)
+            raise OSError(errno.ENOTEMPTY, "Directory not empty", str(path / ".nfs0001"))
+        real(path)
+
+    monkeypatch.setattr(commit, "_rmtree", busy)
+    saver.save(make_record(1), saver.backend.capture(False))
+    saver.save(make_record(2), saver.backend.capture(False))
+    saver.save(make_record(3), saver.backend.capture(False))
+    log = (tmp_path / "ckpt.log").read_text()
+    assert "epoch 1 is unlisted" in log and ".nfs0001" in log and "retried" in log
+    saver.finish_deletions()
+    epochs = ckpts(tmp_path) / "epochs"
+    assert refused and sorted(p.name for p in epochs.iterdir()) == ["003"]
+
+
+def test_closing_the_engine_waits_for_the_remover(tmp_path, monkeypatch):
+    import time
+
+    from candle_ckpt import commit
+
+    real = commit._rmtree
+
+    def slow(path: Path) -> None:
+        time.sleep(0.3)
+        real(path)
+
+    monkeypatch.setattr(commit, "_rmtree", slow)
+    with engine(tmp_path, ckpt_keep_limit=1, ckpt_save_best=False) as e:
+        train(e, [1, 2])
+    assert sorted(p.name for p in (ckpts(tmp_path) / "epochs").iterdir()) == ["002"]
