@@ -195,6 +195,7 @@ class DistributedSaver(Saver):
             failure = _failure(coord.rank, "capturing its state", snapshot.error)
         elif coord.is_writer:
             try:
+                self.finish_deletions()  # the space of the last save's deletions first
                 self.committer.new_work()
             except Exception as err:
                 failure = _failure(0, f"creating {work}", err)
