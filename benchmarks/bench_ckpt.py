@@ -1,12 +1,20 @@
-"""Checkpoint cost against the disk's own limit and the frameworks' plain save/load.
+"""Checkpoint cost against the disk's own limit and the peers' save/load, in one run.
 
 Run on demand (not part of the test suite):
 
-    python benchmarks/bench_ckpt.py                      # ~25M and ~100M parameters
-    python benchmarks/bench_ckpt.py --params 5e6 --repeats 3
+    python benchmarks/bench_ckpt.py                         # torch and Keras, ~100M params
+    python benchmarks/bench_ckpt.py --frameworks torch --device cuda --params 537e6
+    python benchmarks/bench_ckpt.py --params 5e6 --repeats 3   # a quick look
 
-Prints one table of medians; every row's ratio is against a baseline measured in the
-same run (named in the last column).
+Every case runs once per round, round after round (a warm-up round first, not counted),
+so that a slow spell of the disk hits every row alike. Each row prints the median and
+the fastest of its rounds, the spread, and two ratios against its baseline: of the
+medians, and the median of the per-round ratios (the paired one, steadier under drift).
+
+The disk limit ("raw write") is the fastest durable way to replace the previous copy
+with the same bytes: a new file, large sequential writes, fsync, unlink of the previous
+copy (what the keep policy does). The "truncate + rewrite" and "two files in parallel"
+rows show how this filesystem treats the alternatives.
 """
 
 from __future__ import annotations
@@ -17,59 +25,169 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-Row = tuple[str, int, float, float, float, str]
+# ------------------------------------------------------------------------------ timing
 
 
-class Timed(float):
-    """A median in seconds that also carries the spread of its repeats."""
+@dataclass
+class Case:
+    """One timed thing: ``run()`` returns seconds, or several named seconds."""
 
-    spread: float  # (max - min) / median over the repeats
+    name: str
+    run: Callable[[], float | dict[str, float]]
+    baseline: str | None = None  # the row its ratio is taken against
+    nbytes: int = 0
+    times: dict[str, list[float]] = field(default_factory=dict)
 
 
-def timed(times: list[float]) -> Timed:
-    t = Timed(statistics.median(times))
-    t.spread = (max(times) - min(times)) / t if t > 0 else float("nan")
-    return t
+class Rounds:
+    """Runs cases round-robin and prints one table."""
+
+    def __init__(self, repeats: int) -> None:
+        self.repeats = repeats
+        self.cases: list[Case] = []
+        self.baselines: dict[str, str] = {}  # row -> baseline row (for sub-rows)
+        self.extra: list[tuple[str, int, float, str, float]] = []  # (row, bytes, v, base, b)
+
+    def add(self, name: str, run: Callable[[], float | dict[str, float]],
+            baseline: str | None = None, nbytes: int = 0) -> None:
+        self.cases.append(Case(name, run, baseline, nbytes))
+
+    def go(self) -> None:
+        for r in range(self.repeats + 1):
+            for case in self.cases:
+                gc.collect()
+                t0 = time.perf_counter()
+                out = case.run()
+                took = time.perf_counter() - t0
+                values = out if isinstance(out, dict) else {"": took if out is None else out}
+                if r:  # round 0 warms up: buffers, page cache, a previous copy to replace
+                    for key, v in values.items():
+                        case.times.setdefault(key, []).append(v)
+            print(f"  round {r}/{self.repeats} done", file=sys.stderr, flush=True)
+
+    def rows(self) -> dict[str, tuple[Case, list[float]]]:
+        out = {}
+        for case in self.cases:
+            for key, times in case.times.items():
+                out[f"{case.name}{': ' + key if key else ''}"] = (case, times)
+        return out
+
+    def print(self, title: str) -> None:
+        rows = self.rows()
+        print(f"\n{title}")
+        print(f"{'measurement':62} {'MB':>7} {'median':>7} {'min':>7} {'spread':>6} "
+              f"{'ratio':>6} {'paired':>6}  baseline")
+        for name, (case, times) in rows.items():
+            med, low = statistics.median(times), min(times)
+            spread = (max(times) - low) / med if med > 0 else float("nan")
+            base = self.baselines.get(name, case.baseline)
+            ratio = paired = float("nan")
+            if base is not None and base in rows:
+                btimes = rows[base][1]
+                ratio = med / statistics.median(btimes)
+                paired = statistics.median(a / b for a, b in zip(times, btimes, strict=False))
+            short = base.split(": ", 1)[-1] if base else ""
+            print(f"{name:62} {case.nbytes / 1e6:7.1f} {med:7.3f} {low:7.3f} {spread:6.0%} "
+                  f"{ratio:6.2f} {paired:6.2f}  {short}")
+        for name, nbytes, value, base, bvalue in self.extra:
+            print(f"{name:62} {nbytes / 1e6:7.1f} {value:7.2f} {'':7} {'':6} "
+                  f"{value / bvalue:6.2f} {'':6}  {base}")
+        print("seconds; spread: (slowest - fastest) / median; ratio: of the medians; "
+              "paired: median of the per-round ratios")
 
 
-def median_time(fn: Callable[[], Any], repeats: int, setup: Callable[[], Any] | None = None
-                ) -> Timed:
-    """Median of ``repeats`` timed calls after one untimed warm-up call.
-
-    The warm-up reaches the steady state every later call sees: buffers allocated, the
-    file to read in the page cache, a previous checkpoint or copy for a save to replace.
-    """
-    times = []
-    for i in range(repeats + 1):
-        if setup is not None:
-            setup()
-        gc.collect()
-        t0 = time.perf_counter()
-        fn()
-        if i:
-            times.append(time.perf_counter() - t0)
-    return timed(times)
-
+# ------------------------------------------------------------------------------ the disk
 
 _CHUNK = memoryview(bytearray(os.urandom(1 << 20)) * 16)  # 16 MiB, made once, not timed
 
 
-def raw_write(path: Path, nbytes: int) -> None:
-    """Sequential write of nbytes into ``path`` plus fsync (large writes, no copies)."""
-    chunk = _CHUNK
-    left = nbytes
-    with open(path, "wb", buffering=0) as f:
+def raw_write(path: Path, nbytes: int, offset: int = 0, fd: int | None = None) -> None:
+    """``nbytes`` in large sequential writes into a new ``path`` (or ``fd``), fsynced."""
+    own = fd is None
+    if own:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    assert fd is not None
+    try:
+        left, at = nbytes, offset
         while left > 0:
-            n = min(left, len(chunk))
-            f.write(chunk[:n])
-            left -= n
-        os.fsync(f.fileno())
+            n = min(left, len(_CHUNK))
+            os.pwrite(fd, _CHUNK[:n], at)
+            left, at = left - n, at + n
+        if own:
+            os.fsync(fd)
+    finally:
+        if own:
+            os.close(fd)
+
+
+class Disk:
+    """The raw rows: each keeps its previous copy, as a steady-state save replaces one."""
+
+    def __init__(self, root: Path, nbytes: int) -> None:
+        self.root, self.nbytes, self.i = root, nbytes, 0
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _next(self, stem: str) -> tuple[Path, list[Path]]:
+        self.i += 1
+        return self.root / f"{stem}{self.i}", sorted(self.root.glob(f"{stem}*"))
+
+    def replace(self) -> None:
+        """New file + fsync + unlink of the previous copy: the disk limit."""
+        path, old = self._next("new")
+        raw_write(path, self.nbytes)
+        for p in old:
+            p.unlink()
+
+    def replace_keep_old(self) -> float:
+        """The same, timing only what comes before the unlink."""
+        path, old = self._next("keep")
+        t0 = time.perf_counter()
+        raw_write(path, self.nbytes)
+        took = time.perf_counter() - t0
+        for p in old:
+            p.unlink()
+        return took
+
+    def truncate(self) -> None:
+        path = self.root / "in-place"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            raw_write(path, self.nbytes, fd=fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def parallel(self, files: int) -> None:
+        """Two writers: into ``files`` separate new files, or (1) into one file."""
+        stem = f"par{files}-"
+        self.i += 1
+        old = sorted(self.root.glob(f"{stem}*"))
+        paths = [self.root / f"{stem}{self.i}.{k}" for k in range(files)]
+        fds = [os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+               for p in paths]
+        half = self.nbytes // 2
+        jobs = [(fds[min(k, files - 1)], half * k if files == 1 else 0) for k in range(2)]
+        threads = [threading.Thread(target=raw_write, args=(None, half, off, fd))
+                   for fd, off in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for fd in fds:
+            os.fsync(fd)
+            os.close(fd)
+        for p in old:
+            p.unlink()
 
 
 def fsync_file(path: Path) -> None:
@@ -81,184 +199,11 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _g(d: Path, **kv: Any) -> dict[str, Any]:
-    g: dict[str, Any] = {"epochs": 1000000, "ckpt_directory": str(d),
-                         "ckpt_save_best": False, "ckpt_keep_limit": 1,
-                         "ckpt_restart_mode": "auto"}
+def g_params(d: Path, **kv: Any) -> dict[str, Any]:
+    g: dict[str, Any] = {"epochs": 10**9, "ckpt_directory": str(d), "ckpt_save_best": False,
+                         "ckpt_keep_limit": 1, "ckpt_restart_mode": "auto"}
     g.update(kv)
     return g
-
-
-_RSS_CHILD = """
-import resource, sys
-import torch
-import candle_ckpt as candle
-widths, kind, directory = eval(sys.argv[1]), sys.argv[2], sys.argv[3]
-model = torch.nn.Sequential(*[torch.nn.Linear(4096, w, bias=False) for w in widths])
-opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-model(torch.randn(2, 4096)).sum().backward()
-opt.step()
-model.zero_grad(set_to_none=True)
-import gc, os
-gc.collect()
-with open("/proc/self/statm") as f:  # resident now; the peak so far may be higher
-    before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
-if kind == "torch.load":
-    import glob
-    sd = torch.load(sorted(glob.glob(directory + "/ckpts/last/model.pt"))[0],
-                    weights_only=True, map_location="cpu")
-    model.load_state_dict(sd["model_state_dict"])
-    opt.load_state_dict(sd["optimizer_state_dict"])
-    del sd
-else:
-    c = candle.CandleCkptPyTorch({"epochs": 10**6, "ckpt_directory": directory}, logger=None)
-    c.set_model({"model": model, "optimizer": opt})
-    assert c.restart(model) is not None
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
-"""
-
-
-def torch_rss_child(widths: list[int]) -> Callable[[Path, str], float]:
-    """Peak RSS growth of one restart in a fresh process (no allocator history)."""
-    import subprocess
-    import sys
-
-    def run(directory: Path, kind: str) -> float:
-        out = subprocess.run([sys.executable, "-c", _RSS_CHILD, repr(widths), kind,
-                              str(directory)], capture_output=True, text=True)
-        if out.returncode != 0:
-            raise RuntimeError(f"RSS child ({kind}) failed: {out.stderr[-2000:]}")
-        return float(out.stdout.strip().splitlines()[-1])
-
-    return run
-
-
-class Bench:
-    def __init__(self, root: Path, repeats: int) -> None:
-        self.root = root
-        self.repeats = repeats
-        self.rows: list[Row] = []
-        self.memcpy_s = float("nan")
-        self.rss_child: Callable[[Path, str], float] | None = None
-
-    def fresh(self, name: str) -> Path:
-        d = self.root / name
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
-        return d
-
-    def add(self, name: str, nbytes: int, seconds: float, base_name: str, base: float) -> None:
-        spread = getattr(seconds, "spread", float("nan"))
-        self.rows.append((name, nbytes, seconds, spread,
-                          seconds / base if base else float("nan"), base_name))
-
-    def raw(self, nbytes: int, in_place: bool = False) -> Timed:
-        """The disk limit of a save that replaces the previous one: the same bytes into a
-        NEW file, fsync, then unlink the previous copy (what our keep policy does).
-
-        That is the fastest durable way on the file systems we measured; ``in_place``
-        truncates and rewrites one file instead (much slower on ext4/virtio: the blocks
-        are freed inside the timing), shown only for comparison.
-        """
-        d = self.fresh("raw")
-        if in_place:
-            raw_write(d / "blob", nbytes)
-            return median_time(lambda: raw_write(d / "blob", nbytes), self.repeats)
-        state = {"i": 0}
-        raw_write(d / "blob0", nbytes)  # the previous copy a steady-state save replaces
-
-        def replace() -> None:
-            i = state["i"]
-            raw_write(d / f"blob{i + 1}", nbytes)
-            (d / f"blob{i}").unlink()
-            state["i"] = i + 1
-
-        return median_time(replace, self.repeats)
-
-    def ours(self, label: str, make: Callable[[Path, dict[str, Any]], Any],
-             save_epoch: Callable[[Any, int], Any], nbytes_hint: int, raw_s: float,
-             plain_save: tuple[str, float], plain_load: tuple[str, float],
-             load_fn: Callable[[Any], Any]) -> None:
-        """Our sync save, checksum on, async stall, restart with/without verification.
-
-        ``save_epoch(ckpt, epoch)`` is the backend's own call (the torch and Keras
-        backends' ``ckpt_epoch`` take different arguments).
-        """
-        sync_s = restart_s = float("nan")
-        for checksum in (False, True):
-            d = self.fresh(f"{label}-sync-{checksum}")
-            ckpt = make(d, _g(d, ckpt_checksum=checksum))
-            epoch = [0]
-
-            def save(c: Any = ckpt, epoch: list[int] = epoch) -> None:
-                save_epoch(c, epoch[0])
-                epoch[0] += 1
-
-            t = median_time(save, self.repeats)
-            nbytes = dir_bytes(d / "ckpts" / "last")
-            if abs(nbytes - nbytes_hint) > 0.01 * nbytes_hint:
-                raw_s = self.raw(nbytes)  # compare with a raw write of exactly our bytes
-            tag = "checksum on" if checksum else "sync"
-            self.add(f"{label}: candle-ckpt save ({tag}, durable)", nbytes, t, "raw write", raw_s)
-            self.add(f"{label}: candle-ckpt save ({tag}, durable)", nbytes, t, plain_save[0],
-                     plain_save[1])
-            if checksum:
-                self.add(f"{label}: save checksum on vs off", nbytes, t, "candle-ckpt save (sync)",
-                         sync_s)
-            else:
-                sync_s = t
-            ckpt.close()
-            # restart from what was just written
-            r = make(d, _g(d, ckpt_checksum=checksum))
-
-            def restart(r: Any = r) -> None:
-                load_fn(r)
-
-            t = median_time(restart, self.repeats)
-            tag = "checksum verified" if checksum else "sizes verified"
-            self.add(f"{label}: candle-ckpt restart ({tag})", nbytes, t, plain_load[0],
-                     plain_load[1])
-            if checksum:
-                self.add(f"{label}: restart checksum on vs off", nbytes, t,
-                         "candle-ckpt restart (sizes verified)", restart_s)
-            else:
-                restart_s = t
-            r.close()
-            if not checksum and self.rss_child is not None:
-                for what in ("torch.load", "candle-ckpt"):
-                    growth = self.rss_child(d, what)
-                    self.add(f"{label}: peak RSS growth of a {what} restart (GB, not s)",
-                             nbytes, growth / 1e9, "checkpoint GB", nbytes / 1e9)
-        d = self.fresh(f"{label}-async")
-        ckpt = make(d, _g(d, ckpt_async=True))
-        stalls, durable = [], []
-        for e in range(self.repeats + 1):
-            ckpt.wait()  # the previous background write is not part of the stall
-            gc.collect()
-            t0 = time.perf_counter()
-            save_epoch(ckpt, e)
-            stalls.append(time.perf_counter() - t0)
-            ckpt.wait()
-            durable.append(time.perf_counter() - t0)
-        ckpt.close()
-        stall = timed(stalls[1:])  # the first capture allocates the buffers
-        self.add(f"{label}: candle-ckpt async stall", nbytes_hint, stall,
-                 "candle-ckpt save (sync)", sync_s)
-        if self.memcpy_s == self.memcpy_s:  # measured (torch)
-            self.add(f"{label}: candle-ckpt async stall", nbytes_hint, stall, "memcpy",
-                     self.memcpy_s)
-        self.add(f"{label}: candle-ckpt async first stall (allocates)", nbytes_hint,
-                 timed(stalls[:1]), "candle-ckpt save (sync)", sync_s)
-        self.add(f"{label}: candle-ckpt async until durable", nbytes_hint,
-                 timed(durable[1:]), "raw write", raw_s)
-
-    def print(self, title: str) -> None:
-        print(f"\n{title}")
-        print(f"{'measurement':54} {'MB':>7} {'median s':>8} {'spread':>6} {'ratio':>6}"
-              "  baseline")
-        for name, nbytes, s, spread, ratio, base in self.rows:
-            print(f"{name:54} {nbytes / 1e6:7.1f} {s:8.3f} {spread:6.0%} {ratio:6.2f}  {base}")
-        print("spread: (slowest - fastest) / median over the repeats")
 
 
 def layer_widths(n_params: int, width: int) -> list[int]:
@@ -270,68 +215,277 @@ def layer_widths(n_params: int, width: int) -> list[int]:
     return widths
 
 
-def bench_torch(b: Bench, n_params: int) -> None:
+# ------------------------------------------------------------------------------ peak RSS
+
+_RSS_CHILD = r"""
+import os, sys
+import torch
+import candle_ckpt as candle
+widths, kind, directory, device = eval(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+model = torch.nn.Sequential(*[torch.nn.Linear(4096, w, bias=False) for w in widths]).to(device)
+opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+model(torch.randn(2, 4096, device=device)).sum().backward()
+opt.step()
+model.zero_grad(set_to_none=True)
+import gc
+gc.collect()
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key + ":"))
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak (VmHWM) to what is resident now
+before = status("VmRSS")
+if kind == "torch.load":
+    sd = torch.load(directory + "/model.pt", weights_only=True, map_location=device)
+    model.load_state_dict(sd["model_state_dict"])
+    opt.load_state_dict(sd["optimizer_state_dict"])
+    del sd
+else:
+    c = candle.CandleCkptPyTorch({"epochs": 10**9, "ckpt_directory": directory}, logger=None)
+    c.set_model({"model": model, "optimizer": opt})
+    assert c.restart(model) is not None
+print(status("VmHWM") - before)
+"""
+
+
+def peak_rss_growth(widths: list[int], kind: str, directory: Path, device: str) -> float:
+    """Peak RSS growth (bytes) of one restart in a fresh process, peak reset before it."""
+    out = subprocess.run([sys.executable, "-c", _RSS_CHILD, repr(widths), kind,
+                          str(directory), device], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"RSS child ({kind}) failed: {out.stderr[-2000:]}")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------ torch
+
+
+def bench_torch(root: Path, n_params: int, repeats: int, device: str) -> Rounds:
     import torch
+    import torch.distributed.checkpoint as dcp
 
     import candle_ckpt as candle
 
+    cuda = device.startswith("cuda")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
     torch.manual_seed(0)
     width = 4096
-    model = torch.nn.Sequential(*[torch.nn.Linear(width, out, bias=False)
-                                  for out in layer_widths(n_params, width)])
+    widths = layer_widths(n_params, width)
+    model = torch.nn.Sequential(*[torch.nn.Linear(width, w, bias=False)
+                                  for w in widths]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model(torch.randn(2, width)).sum().backward()
+    model(torch.randn(2, width, device=device)).sum().backward()
     opt.step()
-    label = f"torch {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M"
+    model.zero_grad(set_to_none=True)
+    label = f"torch {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M {device}"
+    tensors = list(model.state_dict().values()) + [
+        v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
 
-    d = b.fresh("torch-plain")
+    def state() -> dict[str, Any]:
+        return {"model_state_dict": model.state_dict(), "optimizer_state_dict": opt.state_dict()}
 
-    def plain_save() -> None:
-        path = d / "model.pt"
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, path)
+    plain = root / "plain"
+    plain.mkdir(parents=True)
+    torch.save(state(), plain / "model.pt")  # the restart baseline reads this one
+    nbytes = (plain / "model.pt").stat().st_size
+    R = Rounds(repeats)
+    disk = Disk(root / "raw", nbytes)
+    raw = f"{label}: raw write: new file + fsync + unlink old"
+    R.add(raw, disk.replace, raw, nbytes)
+    R.add(f"{label}: raw write: the same, not timing the unlink", disk.replace_keep_old, raw,
+          nbytes)
+    R.add(f"{label}: raw write: truncate + rewrite + fsync", disk.truncate, raw, nbytes)
+    R.add(f"{label}: raw write: 2 writers, one file", lambda: disk.parallel(1), raw, nbytes)
+    R.add(f"{label}: raw write: 2 writers, 2 files", lambda: disk.parallel(2), raw, nbytes)
+
+    # copies of the state into host memory (the async stall's floor)
+    reused = [torch.empty_like(t, device="cpu") for t in tensors]
+    copy = f"{label}: copy of the state into reused host memory"
+
+    def copy_into(buffers: list[Any]) -> None:
+        for dst, src in zip(buffers, tensors, strict=True):
+            dst.copy_(src, non_blocking=cuda and dst.is_pinned())
+        sync()
+
+    def copy_fresh() -> None:
+        copies = [t.to("cpu", copy=True) for t in tensors]
+        sync()
+        del copies
+
+    R.add(f"{label}: copy of the state into fresh host memory", copy_fresh, copy, nbytes)
+    R.add(copy, lambda: copy_into(reused), copy, nbytes)
+    if cuda:
+        pinned = [torch.empty_like(t, device="cpu", pin_memory=True) for t in tensors]
+        copy = f"{label}: copy of the state into reused pinned memory"
+        R.add(copy, lambda: copy_into(pinned), copy, nbytes)
+
+    # the peers
+    def torch_save() -> None:
+        path = root / "peer" / "model.pt"
+        path.parent.mkdir(exist_ok=True)
+        torch.save(state(), path)
         fsync_file(path)
 
-    t_save = median_time(plain_save, b.repeats)
-    nbytes = (d / "model.pt").stat().st_size
-    raw_s = b.raw(nbytes)
-    b.add(f"{label}: raw write: new file + fsync + unlink old", nbytes, raw_s, "raw write",
-          raw_s)
-    b.add(f"{label}: raw write: truncate + rewrite + fsync", nbytes, b.raw(nbytes, True),
-          "raw write", raw_s)
-    b.add(f"{label}: torch.save + fsync", nbytes, t_save, "raw write", raw_s)
-    states = [t for t in model.state_dict().values()] + [
-        v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
-    buffers = [torch.empty_like(t) for t in states]
+    R.add(f"{label}: torch.save + fsync", torch_save, raw, nbytes)
+    n_dcp = [0]
 
-    def memcpy() -> None:
-        for dst, src in zip(buffers, states, strict=True):
-            dst.copy_(src)
+    def dcp_dir() -> Path:
+        n_dcp[0] += 1
+        d = root / f"dcp{n_dcp[0]}"
+        shutil.rmtree(root / f"dcp{n_dcp[0] - 2}", ignore_errors=True)  # keep the last one
+        return d
 
-    b.memcpy_s = median_time(memcpy, b.repeats)
-    buffers.clear()
-    b.add(f"{label}: memcpy of the state into reused buffers", nbytes, b.memcpy_s, "memcpy",
-          b.memcpy_s)
+    R.add(f"{label}: dcp.save", lambda: dcp.save(state(), checkpoint_id=dcp_dir()) and None,
+          raw, nbytes)
+    stager = _dcp_stager(cuda)
 
-    def plain_load() -> None:
-        sd = torch.load(d / "model.pt", weights_only=True, map_location="cpu")
-        model.load_state_dict(sd["model"])
-        opt.load_state_dict(sd["optimizer"])
+    def dcp_async() -> dict[str, float]:
+        t0 = time.perf_counter()
+        out = dcp.async_save(state(), checkpoint_id=dcp_dir(), async_stager=stager)
+        stall = time.perf_counter() - t0
+        future = getattr(out, "upload_completion", out)
+        future.result()
+        return {"stall": stall, "until durable": time.perf_counter() - t0}
 
-    t_load = median_time(plain_load, b.repeats)
-    b.add(f"{label}: torch.load + load_state_dict", nbytes, t_load, "torch.load", t_load)
+    R.add(f"{label}: dcp.async_save (cached{' pinned' if cuda else ''} staging)", dcp_async,
+          None, nbytes)
+    R.baselines[f"{label}: dcp.async_save (cached{' pinned' if cuda else ''} staging): stall"
+                ] = copy
+    R.baselines[f"{label}: dcp.async_save (cached{' pinned' if cuda else ''} staging): "
+                "until durable"] = raw
+    lightning = _lightning_async(root / "lightning", state)
+    if lightning is not None:
+        R.add(f"{label}: Lightning AsyncCheckpointIO", lightning, None, nbytes)
+        R.baselines[f"{label}: Lightning AsyncCheckpointIO: stall"] = copy
+        R.baselines[f"{label}: Lightning AsyncCheckpointIO: until durable"] = raw
 
-    def make(dir_: Path, g: dict[str, Any]) -> Any:
-        c = candle.CandleCkptPyTorch(g, logger=None)
+    # ours
+    engines: list[Any] = []
+
+    def engine(name: str, **kv: Any) -> Any:
+        c = candle.CandleCkptPyTorch(g_params(root / name, **kv), logger=None)
         c.set_model({"model": model, "optimizer": opt})
+        engines.append(c)
         return c
 
-    b.rss_child = torch_rss_child(layer_widths(n_params, width))
-    b.ours(label, make, lambda c, e: c.ckpt_epoch(e, 1.0), nbytes, raw_s,
-           ("torch.save + fsync", t_save),
-           ("torch.load", t_load), lambda c: c.restart(model))
+    for tag, kv in (("sync", {}), ("checksum on", {"ckpt_checksum": True})):
+        c = engine(f"ours-{tag}", **kv)
+        epoch = [0]
+
+        def save(c: Any = c, epoch: list[int] = epoch) -> None:
+            c.ckpt_epoch(epoch[0], 1.0)
+            epoch[0] += 1
+
+        R.add(f"{label}: candle-ckpt save ({tag}, durable)", save, raw, nbytes)
+    R.baselines[f"{label}: candle-ckpt save (checksum on, durable)"] = raw
+    a = engine("ours-async", ckpt_async=True)
+    aepoch = [0]
+
+    def async_save() -> dict[str, float]:
+        a.wait()
+        t0 = time.perf_counter()
+        a.ckpt_epoch(aepoch[0], 1.0)
+        stall = time.perf_counter() - t0
+        a.wait()
+        aepoch[0] += 1
+        return {"stall": stall, "until durable": time.perf_counter() - t0}
+
+    t0 = time.perf_counter()
+    a.ckpt_epoch(0, 1.0)  # the first save of a run: its capture must not allocate
+    first_stall = time.perf_counter() - t0
+    a.wait()
+    aepoch[0] = 1
+    R.add(f"{label}: candle-ckpt async", async_save, None, nbytes)
+    R.baselines[f"{label}: candle-ckpt async: stall"] = copy
+    R.baselines[f"{label}: candle-ckpt async: until durable"] = raw
+
+    # restart
+    def torch_load() -> None:
+        sd = torch.load(plain / "model.pt", weights_only=True, map_location=device)
+        model.load_state_dict(sd["model_state_dict"])
+        opt.load_state_dict(sd["optimizer_state_dict"])
+        sync()
+
+    load = f"{label}: torch.load + load_state_dict"
+    R.add(load, torch_load, load, nbytes)
+    for tag, kv in (("sizes", {}), ("checksum", {"ckpt_checksum": True})):
+        with engine(f"restart-{tag}", **kv) as c:  # (a save engine holds its directory)
+            c.ckpt_epoch(0, 1.0)
+        r = engine(f"restart-{tag}")
+
+        def restart(r: Any = r) -> None:
+            assert r.restart(model) is not None
+            sync()
+
+        R.add(f"{label}: candle-ckpt restart ({tag} verified)", restart, load, nbytes)
+
+    R.go()
+    R.extra.append((f"{label}: candle-ckpt async: first save's stall (vs later median)",
+                    nbytes, first_stall, "its later stalls' median",
+                    statistics.median(R.rows()[f"{label}: candle-ckpt async: stall"][1])))
+    for c in engines:
+        c.close()
+    if sys.platform.startswith("linux"):  # /proc/self/clear_refs resets the peak
+        directory = root / "restart-sizes"
+        for what in ("torch.load", "candle-ckpt"):
+            growth = peak_rss_growth(widths, what, directory / "ckpts" / "last"
+                                     if what == "torch.load" else directory, device)
+            R.extra.append((f"{label}: peak RSS growth of a {what} restart (GB)", nbytes,
+                            growth / 1e9, "checkpoint GB", nbytes / 1e9))
+    return R
 
 
-def bench_keras(b: Bench, n_params: int) -> None:
+def _dcp_stager(cuda: bool) -> Any:
+    """DCP's stager that keeps its host copies between saves (pinned on a GPU)."""
+    try:
+        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+    except ImportError:  # older torch: dcp.async_save's own default
+        return None
+    return DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False,
+                                        use_async_staging=False, use_non_blocking_copy=cuda))
+
+
+def _lightning_async(directory: Path, state: Callable[[], dict[str, Any]]
+                     ) -> Callable[[], dict[str, float]] | None:
+    """Lightning's AsyncCheckpointIO over its TorchCheckpointIO, if Lightning is installed."""
+    try:
+        from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
+    except ImportError:
+        try:
+            from pytorch_lightning.plugins.io import (  # type: ignore[no-redef]
+                AsyncCheckpointIO,
+                TorchCheckpointIO,
+            )
+        except ImportError:
+            return None
+    io = AsyncCheckpointIO(TorchCheckpointIO())
+    directory.mkdir(parents=True, exist_ok=True)
+    n = [0]
+
+    def run() -> dict[str, float]:
+        n[0] += 1
+        path = directory / f"ckpt{n[0]}.ckpt"
+        t0 = time.perf_counter()
+        io.save_checkpoint(state(), path)
+        stall = time.perf_counter() - t0
+        io.teardown()  # waits for the write (Lightning's own way to join it)
+        fsync_file(path)
+        old = directory / f"ckpt{n[0] - 1}.ckpt"
+        if old.exists():
+            old.unlink()
+        return {"stall": stall, "until durable": time.perf_counter() - t0}
+
+    return run
+
+
+# ------------------------------------------------------------------------------ Keras
+
+
+def bench_keras(root: Path, n_params: int, repeats: int) -> Rounds:
     import keras
     import numpy as np
 
@@ -343,64 +497,104 @@ def bench_keras(b: Bench, n_params: int) -> None:
                              + [keras.layers.Dense(out, use_bias=False) for out in widths])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     model.train_on_batch(np.zeros((2, width), "float32"), np.zeros((2, widths[-1]), "float32"))
-    label = f"keras {model.count_params() / 1e6:.0f}M"
+    label = f"keras {model.count_params() / 1e6:.0f}M ({keras.backend.backend()})"
+    plain = root / "plain"
+    plain.mkdir(parents=True)
+    path = plain / "model.weights.h5"
+    model.save_weights(path)
+    nbytes = path.stat().st_size
+    R = Rounds(repeats)
+    disk = Disk(root / "raw", nbytes)
+    raw = f"{label}: raw write: new file + fsync + unlink old"
+    R.add(raw, disk.replace, raw, nbytes)
 
-    d = b.fresh("keras-plain")
-    path = d / "model.weights.h5"
-
-    def plain_save() -> None:
+    def save_weights() -> None:
         model.save_weights(path)
         fsync_file(path)
 
-    t_save = median_time(plain_save, b.repeats)
-    nbytes = path.stat().st_size
-    raw_s = b.raw(nbytes)
-    b.add(f"{label}: raw write: new file + fsync + unlink old", nbytes, raw_s, "raw write",
-          raw_s)
-    b.add(f"{label}: model.save_weights + fsync", nbytes, t_save, "raw write", raw_s)
-    b.memcpy_s = float("nan")
-    b.rss_child = None
-    mc_path = d / "mc.weights.h5"
-    mc = keras.callbacks.ModelCheckpoint(str(mc_path), save_weights_only=True)
+    R.add(f"{label}: model.save_weights + fsync", save_weights, raw, nbytes)
+    mc = keras.callbacks.ModelCheckpoint(str(plain / "mc.weights.h5"), save_weights_only=True)
     mc.set_model(model)
-    t_mc = median_time(lambda: mc.on_epoch_end(0, {"loss": 1.0}), b.repeats)
-    b.add(f"{label}: keras ModelCheckpoint (no fsync)", nbytes, t_mc, "raw write", raw_s)
-    t_load = median_time(lambda: model.load_weights(path), b.repeats)
-    b.add(f"{label}: model.load_weights", nbytes, t_load, "load_weights", t_load)
-
-    def make(dir_: Path, g: dict[str, Any]) -> Any:
-        c = candle.CandleCkptKeras(g, logger=None)
+    R.add(f"{label}: keras ModelCheckpoint (no fsync)", lambda: mc.on_epoch_end(0, {"loss": 1}),
+          raw, nbytes)
+    engines = {}
+    for tag, kv in (("sync", {}), ("checksum on", {"ckpt_checksum": True}),
+                    ("async", {"ckpt_async": True})):
+        c = candle.CandleCkptKeras(g_params(root / f"ours-{tag}", **kv), logger=None)
         c.set_model(model)
-        return c
+        engines[tag] = c
+        epoch = [0]
 
-    b.ours(label, make, lambda c, e: c.ckpt_epoch(e, "-", 1.0), nbytes, raw_s,
-           ("model.save_weights + fsync", t_save),
-           ("load_weights", t_load), lambda c: c.restart(model))
+        def save(c: Any = c, epoch: list[int] = epoch, tag: str = tag) -> Any:
+            c.wait()
+            t0 = time.perf_counter()
+            c.ckpt_epoch(epoch[0], "-", 1.0)
+            stall = time.perf_counter() - t0
+            c.wait()
+            epoch[0] += 1
+            if tag == "async":
+                return {"stall": stall, "until durable": time.perf_counter() - t0}
+            return time.perf_counter() - t0
+
+        R.add(f"{label}: candle-ckpt save ({tag}{'' if tag == 'async' else ', durable'})",
+              save, None if tag == "async" else raw, nbytes)
+    R.baselines[f"{label}: candle-ckpt save (async): until durable"] = raw
+    load = f"{label}: model.load_weights"
+    R.add(load, lambda: model.load_weights(path), load, nbytes)
+    for tag, kv in (("sizes", {}), ("checksum", {"ckpt_checksum": True})):
+        with candle.CandleCkptKeras(g_params(root / f"restart-{tag}", **kv), logger=None) as c:
+            c.set_model(model)
+            c.ckpt_epoch(0, "-", 1.0)
+        r = candle.CandleCkptKeras(g_params(root / f"restart-{tag}"), logger=None)
+        engines[f"restart-{tag}"] = r
+
+        def restart(r: Any = r) -> None:
+            assert r.restart(model) is not None
+
+        R.add(f"{label}: candle-ckpt restart ({tag} verified)", restart, load, nbytes)
+    R.go()
+    for c in engines.values():
+        c.close()
+    return R
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="25e6,100e6",
-                    help="comma-separated parameter counts (default: 25e6,100e6; 100e6 with "
-                         "Adam is a 1.2 GB checkpoint)")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="100e6",
+                    help="comma-separated parameter counts (default 100e6: with Adam a "
+                         "1.2 GB checkpoint)")
+    ap.add_argument("--repeats", type=int, default=7, help="timed rounds (default 7)")
     ap.add_argument("--frameworks", default="torch,keras")
+    ap.add_argument("--device", default="cpu",
+                    help="torch device of the model: cpu (default), cuda, cuda:N")
     ap.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
     args = ap.parse_args()
-    root = Path(args.dir or tempfile.mkdtemp(prefix="candle-ckpt-bench-"))
-    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, python "
-          f"{platform.python_version()}; writing to {root}; {args.repeats} repeats, medians")
-    b = Bench(root, args.repeats)
+    base = Path(args.dir or tempfile.mkdtemp(prefix="candle-ckpt-bench-"))
+    gpu = ""
+    if args.device.startswith("cuda"):
+        import torch
+
+        gpu = f", GPU {torch.cuda.get_device_name(args.device)}"
+    print(f"machine: {platform.platform()}, {os.cpu_count()} cores{gpu}, python "
+          f"{platform.python_version()}; writing to {base}; {args.repeats} rounds")
     try:
         for n in (int(float(p)) for p in args.params.split(",")):
             for fw in args.frameworks.split(","):
-                {"torch": bench_torch, "keras": bench_keras}[fw](b, n)
+                root = base / f"{fw}-{n}"
                 shutil.rmtree(root, ignore_errors=True)
-                root.mkdir(parents=True, exist_ok=True)
-        b.print("candle-ckpt benchmark")
+                root.mkdir(parents=True)
+                if fw == "torch":
+                    table = bench_torch(root, n, args.repeats, args.device)
+                elif fw == "keras":
+                    table = bench_keras(root, n, args.repeats)
+                else:
+                    raise SystemExit(f"--frameworks: {fw!r} is not one of torch, keras")
+                table.print(f"candle-ckpt benchmark: {fw}, {n / 1e6:.0f}M parameters")
+                shutil.rmtree(root, ignore_errors=True)
     finally:
         if args.dir is None:
-            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":
