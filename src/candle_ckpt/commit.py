@@ -19,6 +19,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -83,13 +84,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_OVERLAP_BYTES = 4 << 20  # writes this large are hashed while the kernel takes them
+
+
 class _HashingWriter(io.RawIOBase):
-    """A write-only stream that checksums and counts bytes on their way to the file."""
+    """A write-only stream that checksums and counts bytes on their way to the file.
+
+    A large write is hashed on a helper thread while this one is in the write system
+    call (which releases the GIL), so a checksum costs little more than the write; both
+    finish before ``write`` returns, so the caller's buffer is never used afterwards.
+    """
 
     def __init__(self, raw: BinaryIO, algorithm: str | None) -> None:
         super().__init__()
         self._raw = raw
         self._hasher = new_hasher(algorithm) if algorithm else None
+        self._helper: ThreadPoolExecutor | None = None
         self.size = 0
 
     def writable(self) -> bool:
@@ -97,11 +107,27 @@ class _HashingWriter(io.RawIOBase):
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
-        self._raw.write(view)
-        if self._hasher is not None:
-            self._hasher.update(view)
+        hasher = self._hasher
+        if hasher is not None and len(view) >= _OVERLAP_BYTES:
+            if self._helper is None:
+                self._helper = ThreadPoolExecutor(1, thread_name_prefix="candle-ckpt-hash")
+            hashed = self._helper.submit(hasher.update, view)
+            try:
+                self._raw.write(view)
+            finally:
+                hashed.result()  # (its error, if any, too)
+        else:
+            self._raw.write(view)
+            if hasher is not None:
+                hasher.update(view)
         self.size += len(view)
         return len(view)
+
+    def close(self) -> None:
+        if self._helper is not None:
+            self._helper.shutdown()
+            self._helper = None
+        super().close()
 
     def tell(self) -> int:
         return self.size
@@ -147,7 +173,10 @@ class FileSink:
         # O_EXCL|O_NOFOLLOW: the file is new, ours, and no link planted in work/ is used.
         with os.fdopen(create_exclusive(path), "wb", buffering=1 << 20) as raw:
             writer = _HashingWriter(raw, self.algorithm)
-            yield writer
+            try:
+                yield writer
+            finally:
+                writer.close()  # its helper thread (the file stays open)
             raw.flush()
             os.fsync(raw.fileno())
         entry: dict[str, Any] = {"size": writer.size}

@@ -208,3 +208,39 @@ def test_write_json_durable_replaces_a_planted_link_without_following_it(tmp_pat
     assert json.loads((tmp_path / "info.json").read_text()) == {"x": None, "y": 1}
     assert (tmp_path / "victim").read_text() == "keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["info.json", "victim"]
+
+
+@pytest.mark.parametrize("algorithm", ["xxh3_64", "crc32"])
+def test_a_stream_mixing_small_and_large_writes_is_checksummed_in_order(tmp_path, algorithm):
+    """Large writes are hashed on a helper thread while written: the manifest's
+    checksum must still be that of the bytes in file order, and the helper must be gone."""
+    import threading
+
+    rng = __import__("random").Random(7)
+    parts = [bytes(rng.getrandbits(8) for _ in range(97)),
+             os.urandom(commit._OVERLAP_BYTES + 13), b"tail",
+             bytearray(os.urandom(2 * commit._OVERLAP_BYTES)), memoryview(b"x" * 5)]
+    sink = FileSink(tmp_path, algorithm)
+    with sink.open("model.pt") as f:
+        for part in parts:
+            assert f.write(part) == len(part)
+    files = sink.finish()
+    whole = b"".join(bytes(p) for p in parts)
+    assert (tmp_path / "model.pt").read_bytes() == whole
+    assert files["model.pt"] == {"size": len(whole),
+                                 "checksum": checksum_file(tmp_path / "model.pt", algorithm)}
+    assert not [t for t in threading.enumerate() if t.name.startswith("candle-ckpt-hash")]
+
+
+def test_a_failing_large_write_waits_for_its_hash_and_raises(tmp_path, monkeypatch):
+    sink = FileSink(tmp_path, "xxh3_64")
+    with pytest.raises(OSError, match="injected"):
+        with sink.open("model.pt") as f:
+            raw = f._raw
+
+            def boom(data):
+                raise OSError(28, "injected")
+
+            monkeypatch.setattr(raw, "write", boom, raising=False)
+            f.write(b"\0" * (commit._OVERLAP_BYTES * 2))
+    assert "model.pt" not in sink.files
