@@ -18,6 +18,7 @@ import socket
 import stat
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -725,6 +726,16 @@ class Committer:
 
 
 _deletions = itertools.count(1)
+_removers: weakref.WeakSet[Remover] = weakref.WeakSet()
+
+
+def _forget_removals_in_child() -> None:
+    for remover in list(_removers):
+        remover._forget()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_removals_in_child)
 
 
 class Remover:
@@ -736,6 +747,12 @@ class Remover:
     """
 
     def __init__(self) -> None:
+        self._forget()
+        _removers.add(self)
+
+    def _forget(self) -> None:
+        """A fresh state; also in a forked child, which removes nothing of its parent's
+        (and whose copy of the lock may have been held by the parent's thread)."""
         self._lock = threading.Lock()
         self._todo: list[tuple[Path, str]] = []
         self._queued: set[Path] = set()  # in _todo, or being removed now

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -174,6 +176,9 @@ def test_the_keep_policy_unlists_at_once_and_removes_the_files_on_the_remover_th
     saver.save(make_record(2), saver.backend.capture(False))  # returns while 1 is removed
     epochs = ckpts(tmp_path) / "epochs"
     assert Layout.ours(tmp_path).list_epochs() == [2]  # unlisted before save returned
+    deadline = time.monotonic() + 10
+    while not removing and time.monotonic() < deadline:  # the thread may not be there yet
+        time.sleep(0.01)
     assert [n for n, _ in removing] == [p.name for p in epochs.glob(".deleting-001.*")]
     assert removing[0][1] == "candle-ckpt-remove"
     done = threading.Thread(target=saver.save, args=(make_record(3),
@@ -212,8 +217,6 @@ def test_a_failure_on_the_remover_thread_is_logged_by_the_next_save_and_retried(
 
 
 def test_closing_the_engine_waits_for_the_remover(tmp_path, monkeypatch):
-    import time
-
     from candle_ckpt import commit
 
     real = commit._rmtree
@@ -225,4 +228,35 @@ def test_closing_the_engine_waits_for_the_remover(tmp_path, monkeypatch):
     monkeypatch.setattr(commit, "_rmtree", slow)
     with engine(tmp_path, ckpt_keep_limit=1, ckpt_save_best=False) as e:
         train(e, [1, 2])
+    assert sorted(p.name for p in (ckpts(tmp_path) / "epochs").iterdir()) == ["002"]
+
+
+def test_a_forked_child_does_not_wait_for_or_repeat_the_parents_removals(
+        tmp_path, monkeypatch):
+    """A DataLoader worker forked while the remover runs must not hang on its copy of
+    the remover's state (or remove anything) if it ever closes its copy of the engine."""
+    import signal
+    import threading
+
+    from candle_ckpt import commit
+
+    saver = make_saver(tmp_path, FaultyBackend(), KeepRule("linear", 1))
+    gate, real = threading.Event(), commit._rmtree
+
+    def slow(path: Path) -> None:
+        assert gate.wait(10)
+        real(path)
+
+    monkeypatch.setattr(commit, "_rmtree", slow)
+    saver.save(make_record(1), saver.backend.capture(False))
+    saver.save(make_record(2), saver.backend.capture(False))  # the remover waits on gate
+    pid = os.fork()
+    if pid == 0:  # the child: must return at once, with nothing to report
+        signal.alarm(5)
+        ok = saver.committer.remover.wait() == [] and not saver.committer.remover._todo
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    gate.set()
+    saver.finish_deletions()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert sorted(p.name for p in (ckpts(tmp_path) / "epochs").iterdir()) == ["002"]
