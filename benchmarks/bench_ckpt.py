@@ -7,9 +7,12 @@ Run on demand (not part of the test suite):
     python benchmarks/bench_ckpt.py --params 5e6 --repeats 3   # a quick look
 
 Every case runs once per round, round after round (a warm-up round first, not counted),
-so that a slow spell of the disk hits every row alike. Each row prints the median and
-the fastest of its rounds, the spread, and two ratios against its baseline: of the
-medians, and the median of the per-round ratios (the paired one, steadier under drift).
+so that a slow spell of the disk hits every row alike. The save rows take their rounds
+first, then the restart rows (reads of cached files, kept apart from GB-sized writes).
+Before each case the page cache is synced and the disk left quiet for ``--settle``
+seconds. Each row prints the median and the fastest of its rounds, the spread, and two
+ratios against its baseline: of the medians, and the median of the per-round ratios
+(the paired one, steadier under drift).
 
 The disk limit ("raw write") is the fastest durable way to replace the previous copy
 with the same bytes: a new file, large sequential writes, fsync, unlink of the previous
@@ -52,19 +55,35 @@ class Case:
 class Rounds:
     """Runs cases round-robin and prints one table."""
 
-    def __init__(self, repeats: int) -> None:
+    def __init__(self, repeats: int, settle: float = 1.0) -> None:
         self.repeats = repeats
+        self.settle = settle
         self.cases: list[Case] = []
         self.baselines: dict[str, str] = {}  # row -> baseline row (for sub-rows)
         self.extra: list[tuple[str, int, float, str, float]] = []  # (row, bytes, v, base, b)
+        self.starts: list[int] = [0]  # where each group of cases begins
+
+    def new_group(self) -> None:
+        """The cases added from now on take their rounds after the earlier ones' rounds
+        (the restart rows: reads of a cached file, kept apart from GB-sized writes)."""
+        self.starts.append(len(self.cases))
 
     def add(self, name: str, run: Callable[[], float | dict[str, float]],
             baseline: str | None = None, nbytes: int = 0) -> None:
         self.cases.append(Case(name, run, baseline, nbytes))
 
     def go(self) -> None:
+        ends = self.starts[1:] + [len(self.cases)]
+        for start, end in zip(self.starts, ends, strict=True):
+            self._rounds(self.cases[start:end])
+
+    def _rounds(self, cases: list[Case]) -> None:
         for r in range(self.repeats + 1):
-            for case in self.cases:
+            for case in cases:
+                # Each case starts from a quiet disk, as a save does after an epoch of
+                # training: nothing of the previous case's is still being written back.
+                os.sync()
+                time.sleep(self.settle)
                 gc.collect()
                 t0 = time.perf_counter()
                 out = case.run()
@@ -260,7 +279,8 @@ def peak_rss_growth(widths: list[int], kind: str, directory: Path, device: str) 
 # ------------------------------------------------------------------------------ torch
 
 
-def bench_torch(root: Path, n_params: int, repeats: int, device: str) -> Rounds:
+def bench_torch(root: Path, n_params: int, repeats: int, device: str, settle: float
+                ) -> Rounds:
     import torch
     import torch.distributed.checkpoint as dcp
 
@@ -292,7 +312,7 @@ def bench_torch(root: Path, n_params: int, repeats: int, device: str) -> Rounds:
     plain.mkdir(parents=True)
     torch.save(state(), plain / "model.pt")  # the restart baseline reads this one
     nbytes = (plain / "model.pt").stat().st_size
-    R = Rounds(repeats)
+    R = Rounds(repeats, settle)
     disk = Disk(root / "raw", nbytes)
     raw = f"{label}: raw write: new file + fsync + unlink old"
     R.add(raw, disk.replace, raw, nbytes)
@@ -404,6 +424,8 @@ def bench_torch(root: Path, n_params: int, repeats: int, device: str) -> Rounds:
     R.baselines[f"{label}: candle-ckpt async: until durable"] = raw
 
     # restart
+    R.new_group()
+
     def torch_load() -> None:
         sd = torch.load(plain / "model.pt", weights_only=True, map_location=device)
         model.load_state_dict(sd["model_state_dict"])
@@ -485,7 +507,7 @@ def _lightning_async(directory: Path, state: Callable[[], dict[str, Any]]
 # ------------------------------------------------------------------------------ Keras
 
 
-def bench_keras(root: Path, n_params: int, repeats: int) -> Rounds:
+def bench_keras(root: Path, n_params: int, repeats: int, settle: float) -> Rounds:
     import keras
     import numpy as np
 
@@ -503,7 +525,7 @@ def bench_keras(root: Path, n_params: int, repeats: int) -> Rounds:
     path = plain / "model.weights.h5"
     model.save_weights(path)
     nbytes = path.stat().st_size
-    R = Rounds(repeats)
+    R = Rounds(repeats, settle)
     disk = Disk(root / "raw", nbytes)
     raw = f"{label}: raw write: new file + fsync + unlink old"
     R.add(raw, disk.replace, raw, nbytes)
@@ -560,6 +582,7 @@ def bench_keras(root: Path, n_params: int, repeats: int) -> Rounds:
     R.baselines[f"{label}: candle-ckpt save (async): until durable"] = raw
     R.baselines[f"{label}: candle-ckpt save (async): stall"] = copy
     load = f"{label}: model.load_weights"
+    R.new_group()
     R.add(load, lambda: model.load_weights(path), load, nbytes)
     for tag, kv in (("sizes", {}), ("checksum", {"ckpt_checksum": True})):
         with candle.CandleCkptKeras(g_params(root / f"restart-{tag}", **kv), logger=None) as c:
@@ -588,6 +611,8 @@ def main() -> None:
     ap.add_argument("--frameworks", default="torch,keras")
     ap.add_argument("--device", default="cpu",
                     help="torch device of the model: cpu (default), cuda, cuda:N")
+    ap.add_argument("--settle", type=float, default=1.0,
+                    help="seconds of quiet (after a sync) before every case (default 1)")
     ap.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
     args = ap.parse_args()
     base = Path(args.dir or tempfile.mkdtemp(prefix="candle-ckpt-bench-"))
@@ -605,9 +630,9 @@ def main() -> None:
                 shutil.rmtree(root, ignore_errors=True)
                 root.mkdir(parents=True)
                 if fw == "torch":
-                    table = bench_torch(root, n, args.repeats, args.device)
+                    table = bench_torch(root, n, args.repeats, args.device, args.settle)
                 elif fw == "keras":
-                    table = bench_keras(root, n, args.repeats)
+                    table = bench_keras(root, n, args.repeats, args.settle)
                 else:
                     raise SystemExit(f"--frameworks: {fw!r} is not one of torch, keras")
                 table.print(f"candle-ckpt benchmark: {fw}, {n / 1e6:.0f}M parameters")
