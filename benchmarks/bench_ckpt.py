@@ -55,9 +55,10 @@ class Case:
 class Rounds:
     """Runs cases round-robin and prints one table."""
 
-    def __init__(self, repeats: int, settle: float = 1.0) -> None:
+    def __init__(self, repeats: int, settle: float = 1.0, by_case: bool = False) -> None:
         self.repeats = repeats
         self.settle = settle
+        self.by_case = by_case  # each case's rounds back to back instead of round-robin
         self.cases: list[Case] = []
         self.baselines: dict[str, str] = {}  # row -> baseline row (for sub-rows)
         self.extra: list[tuple[str, int, float, str, float]] = []  # (row, bytes, v, base, b)
@@ -75,7 +76,11 @@ class Rounds:
     def go(self) -> None:
         ends = self.starts[1:] + [len(self.cases)]
         for start, end in zip(self.starts, ends, strict=True):
-            self._rounds(self.cases[start:end])
+            if self.by_case:
+                for case in self.cases[start:end]:
+                    self._rounds([case])
+            else:
+                self._rounds(self.cases[start:end])
 
     def _rounds(self, cases: list[Case]) -> None:
         for r in range(self.repeats + 1):
@@ -279,8 +284,8 @@ def peak_rss_growth(widths: list[int], kind: str, directory: Path, device: str) 
 # ------------------------------------------------------------------------------ torch
 
 
-def bench_torch(root: Path, n_params: int, repeats: int, device: str, settle: float
-                ) -> Rounds:
+def bench_torch(root: Path, n_params: int, repeats: int, device: str, settle: float,
+                by_case: bool = False) -> Rounds:
     import torch
     import torch.distributed.checkpoint as dcp
 
@@ -312,7 +317,7 @@ def bench_torch(root: Path, n_params: int, repeats: int, device: str, settle: fl
     plain.mkdir(parents=True)
     torch.save(state(), plain / "model.pt")  # the restart baseline reads this one
     nbytes = (plain / "model.pt").stat().st_size
-    R = Rounds(repeats, settle)
+    R = Rounds(repeats, settle, by_case)
     disk = Disk(root / "raw", nbytes)
     raw = f"{label}: raw write: new file + fsync + unlink old"
     R.add(raw, disk.replace, raw, nbytes)
@@ -507,7 +512,8 @@ def _lightning_async(directory: Path, state: Callable[[], dict[str, Any]]
 # ------------------------------------------------------------------------------ Keras
 
 
-def bench_keras(root: Path, n_params: int, repeats: int, settle: float) -> Rounds:
+def bench_keras(root: Path, n_params: int, repeats: int, settle: float,
+                by_case: bool = False) -> Rounds:
     import keras
     import numpy as np
 
@@ -525,7 +531,7 @@ def bench_keras(root: Path, n_params: int, repeats: int, settle: float) -> Round
     path = plain / "model.weights.h5"
     model.save_weights(path)
     nbytes = path.stat().st_size
-    R = Rounds(repeats, settle)
+    R = Rounds(repeats, settle, by_case)
     disk = Disk(root / "raw", nbytes)
     raw = f"{label}: raw write: new file + fsync + unlink old"
     R.add(raw, disk.replace, raw, nbytes)
@@ -613,6 +619,11 @@ def main() -> None:
                     help="torch device of the model: cpu (default), cuda, cuda:N")
     ap.add_argument("--settle", type=float, default=1.0,
                     help="seconds of quiet (after a sync) before every case (default 1)")
+    ap.add_argument("--order", choices=("rounds", "case"), default="rounds",
+                    help="rounds: every case once per round (default); case: each case's "
+                         "rounds back to back, as when one checkpointer is the only writer "
+                         "(on thin-provisioned virtual disks, where what a write costs depends "
+                         "on which blocks were freed just before)")
     ap.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
     args = ap.parse_args()
     base = Path(args.dir or tempfile.mkdtemp(prefix="candle-ckpt-bench-"))
@@ -622,7 +633,8 @@ def main() -> None:
 
         gpu = f", GPU {torch.cuda.get_device_name(args.device)}"
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores{gpu}, python "
-          f"{platform.python_version()}; writing to {base}; {args.repeats} rounds")
+          f"{platform.python_version()}; writing to {base}; {args.repeats} rounds, order "
+          f"{args.order}, settle {args.settle} s")
     try:
         for n in (int(float(p)) for p in args.params.split(",")):
             for fw in args.frameworks.split(","):
@@ -630,9 +642,10 @@ def main() -> None:
                 shutil.rmtree(root, ignore_errors=True)
                 root.mkdir(parents=True)
                 if fw == "torch":
-                    table = bench_torch(root, n, args.repeats, args.device, args.settle)
+                    table = bench_torch(root, n, args.repeats, args.device, args.settle,
+                                        args.order == "case")
                 elif fw == "keras":
-                    table = bench_keras(root, n, args.repeats, args.settle)
+                    table = bench_keras(root, n, args.repeats, args.settle, args.order == "case")
                 else:
                     raise SystemExit(f"--frameworks: {fw!r} is not one of torch, keras")
                 table.print(f"candle-ckpt benchmark: {fw}, {n / 1e6:.0f}M parameters")
