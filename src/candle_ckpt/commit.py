@@ -766,10 +766,11 @@ class Remover:
                 return
             self._queued.add(path)
             self._todo.append((path, what))
-            if self._thread is None or not self._thread.is_alive():  # (a fork's copy)
+            if self._thread is None:
                 # Not a daemon: at interpreter exit the space is freed, not left to recover().
-                self._thread = threading.Thread(target=self._run, name="candle-ckpt-remove")
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name="candle-ckpt-remove")
+                thread.start()  # it waits for the lock we hold, so it sees _thread set
+                self._thread = thread
 
     def _run(self) -> None:
         while True:
@@ -801,10 +802,7 @@ class Remover:
                 thread = self._thread
             if thread is None:
                 break
-            thread.join()
-            with self._lock:
-                if self._thread is thread:  # gone without clearing it: a forked copy
-                    self._thread = None
+            thread.join()  # it clears _thread itself when nothing is left
         with self._lock:
             failed, self._failed = self._failed, []
         return failed
