@@ -200,7 +200,8 @@ class Disk:
         fds = [os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
                for p in paths]
         half = self.nbytes // 2
-        jobs = [(fds[min(k, files - 1)], half * k if files == 1 else 0) for k in range(2)]
+        # (descriptor, offset) of each writer's half: both halves of one file, or one each
+        jobs = [(fds[0], 0), (fds[0], half)] if files == 1 else [(fds[0], 0), (fds[1], 0)]
         threads = [threading.Thread(target=raw_write, args=(None, half, off, fd))
                    for fd, off in jobs]
         for t in threads:
@@ -376,12 +377,10 @@ def bench_torch(root: Path, n_params: int, repeats: int, device: str, settle: fl
         future.result()
         return {"stall": stall, "until durable": time.perf_counter() - t0}
 
-    R.add(f"{label}: dcp.async_save (cached{' pinned' if cuda else ''} staging)", dcp_async,
-          None, nbytes)
-    R.baselines[f"{label}: dcp.async_save (cached{' pinned' if cuda else ''} staging): stall"
-                ] = copy
-    R.baselines[f"{label}: dcp.async_save (cached{' pinned' if cuda else ''} staging): "
-                "until durable"] = raw
+    dcp_async_row = f"{label}: dcp.async_save (cached{' pinned' if cuda else ''} staging)"
+    R.add(dcp_async_row, dcp_async, None, nbytes)
+    R.baselines[f"{dcp_async_row}: stall"] = copy
+    R.baselines[f"{dcp_async_row}: until durable"] = raw
     lightning = _lightning_async(root / "lightning", state)
     if lightning is not None:
         R.add(f"{label}: Lightning AsyncCheckpointIO", lightning, None, nbytes)
