@@ -6,13 +6,15 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from fshelpers import blobs, ckpts, engine, link_target, train
 
-from candle_ckpt import CheckpointWriteError
+from candle_ckpt import CheckpointWriteError, commit
 from candle_ckpt.backend import Restored, Written
 from candle_ckpt.commit import Committer, FileSink
 from candle_ckpt.layout import Layout
@@ -158,10 +160,6 @@ def test_the_keep_policy_unlists_at_once_and_removes_the_files_on_the_remover_th
         tmp_path, monkeypatch):
     """The training thread goes on once the old checkpoint is unlisted; its files are
     gone before the next save writes anything, and when the engine is closed."""
-    import threading
-
-    from candle_ckpt import commit
-
     saver = make_saver(tmp_path, FaultyBackend(), KeepRule("linear", 1))
     gate, removing = threading.Event(), []
     real = commit._rmtree
@@ -194,8 +192,6 @@ def test_the_keep_policy_unlists_at_once_and_removes_the_files_on_the_remover_th
 
 def test_a_failure_on_the_remover_thread_is_logged_by_the_next_save_and_retried(
         tmp_path, monkeypatch):
-    from candle_ckpt import commit
-
     saver = make_saver(tmp_path, FaultyBackend(), KeepRule("linear", 1))
     real, refused = commit._rmtree, []
 
@@ -217,8 +213,6 @@ def test_a_failure_on_the_remover_thread_is_logged_by_the_next_save_and_retried(
 
 
 def test_closing_the_engine_waits_for_the_remover(tmp_path, monkeypatch):
-    from candle_ckpt import commit
-
     real = commit._rmtree
 
     def slow(path: Path) -> None:
@@ -235,11 +229,6 @@ def test_a_forked_child_does_not_wait_for_or_repeat_the_parents_removals(
         tmp_path, monkeypatch):
     """A DataLoader worker forked while the remover runs must not hang on its copy of
     the remover's state (or remove anything) if it ever closes its copy of the engine."""
-    import signal
-    import threading
-
-    from candle_ckpt import commit
-
     saver = make_saver(tmp_path, FaultyBackend(), KeepRule("linear", 1))
     gate, real = threading.Event(), commit._rmtree
 
