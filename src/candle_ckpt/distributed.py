@@ -38,6 +38,7 @@ from typing import Any
 from .backend import Backend
 from .commit import FileSink
 from .errors import CheckpointMismatchError, CheckpointWriteError, CkptError, CkptParamError
+from .integrity import ChecksumTally
 from .layout import INFO_FILE, CkptKey
 from .params import DISTRIBUTED_METRICS
 from .record import SaveRecord, to_info
@@ -208,9 +209,12 @@ class DistributedSaver(Saver):
         # every rank reaches the gather below.
         outcome: dict[str, Any] | _Failure
         try:
-            sink = FileSink(work, record.checksum_algorithm)
+            tally = ChecksumTally()
+            sink = FileSink(work, record.checksum_algorithm, tally)
+            begun = time.perf_counter()
             written = self.backend.write(snapshot, sink)
-            outcome = {"written": written, "files": sink.finish()}
+            outcome = {"written": written, "files": sink.finish(), "tally": tally,
+                       "seconds": time.perf_counter() - begun}
         except Exception as err:
             outcome = _failure(coord.rank, f"writing its files into {work}", err)
         outcomes = coord.all_gather(outcome)
@@ -246,6 +250,9 @@ class DistributedSaver(Saver):
         if written.model_file not in files:
             raise CheckpointWriteError(
                 0, f"backend reported model file {written.model_file!r} that it did not write")
+        # The ranks wrote side by side: all their bytes, in the time of the slowest.
+        self.report_written(files, max(o["seconds"] for o in outcomes),
+                            ChecksumTally.parallel(o["tally"] for o in outcomes))
         info = to_info(record, written, dict(sorted(files.items())))
         self.committer.write_info(self.layout.work / INFO_FILE, info)
         self.committer.publish(record.epoch, self.layout.work, record.batch)
@@ -307,7 +314,7 @@ def restart_together(coord: Coordinator, restorer: Restorer, backend: Backend,
         if candidate.skip is not None:
             skipped.append({"epoch": key.epoch, "batch": key.batch, "path": candidate.directory,
                             "reason": candidate.skip})
-            restorer.log.warning(f"not restarting from {candidate.directory}: {candidate.skip}")
+            restorer.log.warning(f"skipping {candidate.directory}: {candidate.skip}")
             continue
         directory = Path(candidate.directory)
         restored = None
@@ -329,7 +336,7 @@ def restart_together(coord: Coordinator, restorer: Restorer, backend: Backend,
             reason = "; ".join(damaged)
             skipped.append({"epoch": key.epoch, "batch": key.batch, "path": str(directory),
                             "reason": reason})
-            restorer.log.warning(f"not restarting from {directory}: {reason}")
+            restorer.log.warning(f"skipping {directory}: {reason}")
             continue
         assert restored is not None and candidate.info is not None
         for note in restored.notes:
@@ -337,6 +344,7 @@ def restart_together(coord: Coordinator, restorer: Restorer, backend: Backend,
         for note in restored.apply():
             restorer.log.warning(note)
         best = candidate.best or BestSoFar(None, None)
+        restorer.log.restarting_from_epoch(key.epoch)
         if verbose:
             restorer.log.info(f"restarted from {directory} ({where_in(key)}; rank {coord.rank} "
                               f"of {coord.world_size}; best={best.value} at epoch {best.epoch})")

@@ -402,7 +402,8 @@ class CandleCkpt(SpecMethods):
         if model is not None:
             self._attach_model(model)
         if self.restart_mode == "off":
-            self._log.info("ckpt_restart_mode='off': not restarting")
+            self._log.info("ckpt_restart_mode='off': training starts from scratch; "
+                           "checkpoints on disk are not read")
             return None
         self._ensure_lock()
         if self._dist is None:

@@ -24,7 +24,7 @@ from .errors import (
     CkptError,
     CkptParamError,
 )
-from .integrity import check_checkpoint, has_checksums
+from .integrity import ChecksumTally, check_checkpoint, has_checksums
 from .layout import CkptKey, Layout, Pointer
 from .logs import CkptLog, relpath
 from .record import InfoRecord, read_record
@@ -127,9 +127,10 @@ class Restorer:
             if isinstance(outcome, str):
                 skipped.append({"epoch": key.epoch, "batch": key.batch, "path": str(directory),
                                 "reason": outcome})
-                self.log.warning(f"not restarting from {directory}: {outcome}")
+                self.log.warning(f"skipping {directory}: {outcome}")
                 continue
             info, best = outcome
+            self.log.restarting_from_epoch(key.epoch)  # J["epoch"]: the initial_epoch
             if verbose:
                 self.log.info(f"restarted from {relpath(directory)} ({where_in(key)}; "
                               f"best={best.value} at epoch {best.epoch})")
@@ -147,7 +148,10 @@ class Restorer:
     def check(self, layout: Layout, key: CkptKey) -> str | tuple[dict[str, Any], BestSoFar]:
         """Check one checkpoint's files and metadata (not the backend's); why not, if not."""
         directory = layout.epoch_dir(key.epoch, key.batch)
-        info, problems = check_checkpoint(directory, key.epoch, self.check_checksums)
+        tally = ChecksumTally()
+        info, problems = check_checkpoint(directory, key.epoch, self.check_checksums, tally)
+        if tally.files:
+            self.log.checksummed(tally.nbytes, tally.seconds)
         if info is None or problems:
             return "; ".join(problems)
         try:

@@ -22,6 +22,7 @@ from typing import Any
 from .backend import Backend
 from .commit import Committer, FileSink
 from .errors import CheckpointWriteError, CkptError
+from .integrity import ChecksumTally
 from .layout import INFO_FILE, CkptKey, Layout
 from .logs import CkptLog, relpath
 from .policy import epochs_to_delete, protected_epochs
@@ -54,20 +55,31 @@ class Saver:
     # ------------------------------------------------------------------ writing
     def write_work(self, work: Path, record: SaveRecord, snapshot: Any) -> dict[str, Any]:
         """The backend's files, then ckpt-info.json (fsynced) last; returns the info."""
-        sink = FileSink(work, record.checksum_algorithm)
+        tally = ChecksumTally()
+        sink = FileSink(work, record.checksum_algorithm, tally)
         start = time.perf_counter()
         written = self.backend.write(snapshot, sink)
         files = sink.finish()
+        seconds = time.perf_counter() - start
         if written.model_file not in files:
             raise CheckpointWriteError(
                 0, f"backend reported model file {written.model_file!r} that it did not write"
             )
-        nbytes = sum(f["size"] for f in files.values())
-        self.log.debug(f"epoch {record.epoch}: wrote {len(files)} file(s), {nbytes} bytes in "
-                       f"{time.perf_counter() - start:.3f}s")
+        self.report_written(files, seconds, tally)
         info = to_info(record, written, files)
         self.committer.write_info(work / INFO_FILE, info)
         return info
+
+    def report_written(self, files: dict[str, Any], seconds: float,
+                       tally: ChecksumTally) -> None:
+        """The original's lines for a save's files: ``model wrote:``, ``checksummed:``.
+
+        ``seconds``: from the backend's first write to every file fsynced; checksums
+        computed on the way are in it (and, alone, in the ``checksummed:`` line).
+        """
+        self.log.model_wrote(sum(f["size"] for f in files.values()), seconds)
+        if tally.files:
+            self.log.checksummed(tally.nbytes, tally.seconds)
 
     def save(self, record: SaveRecord, snapshot: Any) -> Path:
         """Write, commit and point ``last`` (and ``best``) at the record's epoch.
