@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import params as _params
+from . import shutdown
 from .backend import Backend, NoBackend
 from .commit import Committer, WriterLock, acquire_writer_lock
 from .distributed import (
@@ -28,7 +29,7 @@ from .distributed import (
     decide_together,
     restart_together,
 )
-from .errors import CkptParamError
+from .errors import CkptError, CkptParamError
 from .integrity import DEFAULT_ALGORITHM
 from .layout import CkptKey, Layout, recorded_metrics
 from .logs import CkptLog, check_logger, relpath
@@ -239,6 +240,8 @@ class CandleCkpt(SpecMethods):
     def __del__(self) -> None:
         try:
             self.close()
+        except CkptError as err:  # a background save failed: no caller to raise it to
+            shutdown.report(str(err))
         except Exception:  # interpreter shutdown
             pass
 
