@@ -35,6 +35,7 @@ def main() -> None:
     ])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
 
+    # --8<-- [start:usage]
     # Before training: restore the newest valid checkpoint, if there is one.
     initial_epoch = 0
     J = candle.restart(gParameters, model)
@@ -46,6 +47,7 @@ def main() -> None:
     model.fit(x, y, batch_size=32, epochs=gParameters["epochs"], initial_epoch=initial_epoch,
               validation_split=0.125, callbacks=[ckpt], verbose=2)
     # The final report (checkpoints written, best epoch) is logged at the end of fit.
+    # --8<-- [end:usage]
 
 
 if __name__ == "__main__":

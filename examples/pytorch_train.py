@@ -33,6 +33,7 @@ def main() -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.5)
 
+    # --8<-- [start:usage]
     ckpt = candle.CandleCkptPyTorch(params)
     ckpt.set_model({"model": model, "optimizer": optimizer, "scheduler": scheduler})
     J = ckpt.restart(model)  # None when there is nothing to resume from
@@ -51,6 +52,7 @@ def main() -> None:
         print(f"epoch {epoch + 1}/{params.epochs}  val_loss {val_loss:.5f}", flush=True)
         ckpt.ckpt_epoch(epoch, val_loss)  # 0-based epoch; saves by the ckpt_* policy
     ckpt.on_train_end()  # waits for a background save, logs the summary
+    # --8<-- [end:usage]
 
 
 if __name__ == "__main__":
