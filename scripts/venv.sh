@@ -11,7 +11,9 @@ fi
 echo "venv.sh: upgrading pip"
 python -m pip install -q --upgrade pip
 # Pinned first: a bare torch requirement would pull a multi-GB CUDA build.
-if python -c 'import sys, torch; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' \
+if [[ ",$1," != *,torch,* ]]; then
+  :  # no torch extra asked for (e.g. the docs alone)
+elif python -c 'import sys, torch; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' \
     2>/dev/null; then
   echo "venv.sh: torch 2.13.0 is already installed"
 else

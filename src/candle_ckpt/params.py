@@ -198,7 +198,7 @@ CKPT_PARAMS: tuple[_Def, ...] = (
     _Def("ckpt_save_best_mode", ParamType.STRING, "auto",
          "Direction of the best metric: auto | min | max", BEST_MODES),
     _Def("ckpt_skip_epochs", ParamType.INTEGER_NN, 0,
-         "Number of initial epochs to skip before writing checkpoints"),
+         "Number of initial epochs never saved (not even a new best or the final epoch)"),
     _Def("ckpt_save_interval", ParamType.INTEGER_NN, 1,
          "Save every N epochs and the final epoch; 0 saves nothing (no best, no final)"),
     _Def("ckpt_checksum", ParamType.BOOLEAN, False,
@@ -218,7 +218,8 @@ CKPT_PARAMS: tuple[_Def, ...] = (
     _Def("ckpt_best_metric_last", ParamType.FLOAT, None,
          "Initial best metric value (default: read from the checkpoint restarted from)"),
     _Def("ckpt_async", ParamType.BOOLEAN, False,
-         "Write checkpoints in a background thread (the training thread only copies state)"),
+         "Write checkpoints in a background thread (the training thread only copies state); "
+         "a save in flight at exit or on SIGTERM is finished first"),
     _Def("ckpt_signals", ParamType.STRING, "auto",
          "Signals that mean 'save now and stop' (e.g. 'SIGUSR1,SIGTERM' or 'none'); auto: "
          "SIGUSR1 and SIGTERM under SLURM, none otherwise"),

@@ -350,3 +350,28 @@ def test_a_misspelt_ckpt_key_is_named_with_the_closest_known_one():
     assert "'ckpt_zzzzzzzz'" in warning and "ckpt_restart_mode" in warning
     assert unknown_key_warnings({"ckpt_checksum": True, "other": 1, 3: 4}) == []
     assert unknown_key_warnings(None) == []
+
+
+def _docs_hooks():
+    """scripts/docs_hooks.py, the MkDocs hook that writes the guide's parameter table."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "docs_hooks.py"
+    spec = importlib.util.spec_from_file_location("docs_hooks", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_guide_parameter_table_has_one_row_per_parameter_with_its_default_and_choices():
+    rows = _docs_hooks().parameters_table().splitlines()[2:]
+    assert [row.split("|")[1].strip() for row in rows] == [f"`{d.name}`" for d in CKPT_PARAMS]
+    by_name = {row.split("|")[1].strip().strip("`"): row for row in rows}
+    assert "| `\"auto\"` | `off`, `auto`, `required` |" in by_name["ckpt_restart_mode"]
+    assert "| `1000000` | integer > 0 |" in by_name["ckpt_keep_limit"]
+    assert "| `false` | boolean |" in by_name["ckpt_checksum"]
+    assert "| `300` | number ≥ 0 |" in by_name["ckpt_walltime_margin"]
+    assert "| *unset* | string |" in by_name["ckpt_directory"]
+    # A "|" in a help text is escaped, so it stays inside its cell.
+    assert all(row.count("|") - row.count("\\|") == 5 for row in rows)
