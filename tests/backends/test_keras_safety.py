@@ -229,6 +229,21 @@ def test_a_weights_file_keras_refuses_is_skipped_and_restart_falls_back(
     assert "not restarting from" in log and "epochs/002" in log
 
 
+def test_a_weights_file_that_is_no_hdf5_at_all_is_skipped(tmp_path: Path) -> None:
+    """Truncated to half, manifest re-sealed: only opening the file can tell."""
+    root = tmp_path / "save"
+    states = two_epochs(root)
+    epoch_dir = root / "ckpts" / "epochs" / "002"
+    path = epoch_dir / "model.weights.h5"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    reseal(epoch_dir)
+    model = fresh_model()
+    J = candle.restart(restart_params(root), model)
+    assert J is not None and J["epoch"] == 1
+    assert "not a readable HDF5 file" in J["skipped"][0]["reason"], J["skipped"]
+    assert same(state_of(model), states[1])
+
+
 @pytest.mark.parametrize("mode", ["auto", "required"])
 def test_a_refused_weights_file_changes_nothing_live(tmp_path: Path, mode: str) -> None:
     """Both checkpoints refused: nothing to restart from, and no value changed on the way.
