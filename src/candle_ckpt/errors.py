@@ -10,6 +10,8 @@ would naturally catch, so ``except ValueError`` and ``except CkptError`` both wo
           ├── CheckpointNotFoundError   (+ FileNotFoundError) nothing usable to restart from
           ├── CheckpointCorruptError    (+ ValueError)     size / checksum / JSON / link problems
           ├── CheckpointMismatchError   (+ ValueError)     checkpoint does not fit the model
+          ├── CheckpointRestoreError    (+ RuntimeError)   copying a checked checkpoint into
+          │                                                the model failed part-way
           ├── CheckpointLockedError     (+ BlockingIOError) another writer holds the directory
           │    └── LockLostError                           the lock no longer protects this writer
           │                                                (forked child, directory replaced)
@@ -48,6 +50,17 @@ class CheckpointMismatchError(CkptError, ValueError):
 
     Raised before anything is loaded; the message names the first mismatching variable
     with both shapes or types. Restart does not fall back or start from scratch.
+    """
+
+
+class CheckpointRestoreError(CkptError, RuntimeError):
+    """Copying a checkpoint that was read and checked whole into the live objects failed.
+
+    Everything a file holds is read and checked before anything live changes, so this is
+    the framework failing (a layer's own loading code, memory), not the file: some live
+    variables may already hold the checkpoint's values. Restart raises it rather than
+    falling back or starting from scratch over a model that is neither; the message
+    names the checkpoint and the cause (chained as ``__cause__``).
     """
 
 
@@ -97,6 +110,8 @@ __all__ = [
     "CkptParamTypeError",
     "CheckpointNotFoundError",
     "CheckpointCorruptError",
+    "CheckpointMismatchError",
+    "CheckpointRestoreError",
     "CheckpointLockedError",
     "CheckpointWriteError",
     "CheckpointDeleteError",

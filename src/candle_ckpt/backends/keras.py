@@ -36,11 +36,13 @@ from ..engine import CandleCkpt, read_info_json
 from ..errors import (
     CheckpointCorruptError,
     CheckpointMismatchError,
+    CheckpointRestoreError,
     CkptParamError,
     MetricNotFoundError,
 )
 from ..integrity import safe_member
 from ..logs import CkptLog
+from . import keras_h5
 
 MODEL_FILE = "model.weights.h5"
 RNG_FILE = "rng-state.json"
@@ -193,6 +195,48 @@ def _writing_store_class() -> type:
     return _WritingStore
 
 
+def _reading_store_class() -> type:
+    """A weights store over values already read and checked, shaped like Keras' H5IOStore.
+
+    Keras' ``_load_state`` walks the model and hands each object this store at its path;
+    the object's own ``load_own_variables`` reads its values from it. Nothing is read
+    from a file here, so nothing the file holds can fail the walk part-way.
+    """
+    from keras.src.saving import saving_lib
+
+    class _ReadingStore(saving_lib.H5IOStore):
+        def __init__(self, values: dict[str, dict[str, np.ndarray]]) -> None:
+            self._all = values
+            self._values: dict[str, np.ndarray] = {}
+
+        def __bool__(self) -> bool:
+            return True
+
+        def get(self, path: str) -> Any:
+            self._values = self._all.get(path, {})
+            return self
+
+        def has_path(self, path: str) -> bool:
+            return any(p == path or p.startswith(path + "/") for p in self._all)
+
+        def keys(self) -> Any:
+            return self._values.keys()
+
+        def __len__(self) -> int:
+            return len(self._values)
+
+        def __contains__(self, key: object) -> bool:
+            return key in self._values
+
+        def __getitem__(self, key: str) -> np.ndarray:
+            return self._values[key]
+
+        def close(self) -> None:
+            pass
+
+    return _ReadingStore
+
+
 def _write_weights(entries: dict[str, Any], target: Path) -> None:
     """Replay recorded entries into a Keras H5IOStore: the file save_weights would write."""
     store = _writing_store_class()(target, mode="w")
@@ -323,63 +367,189 @@ def _apply_global_rng(state: dict[str, Any]) -> list[str]:
     return restored
 
 
-# ------------------------------------------------------------------------ checking a file
-def _h5_group(f: Any, inner_path: str) -> Any:
-    """The ``vars`` group Keras' H5IOStore keeps for ``inner_path`` (None if absent)."""
-    try:
-        group = f[inner_path] if inner_path else f
-        return group["vars"] if "vars" in group else None
-    except (KeyError, TypeError, ValueError):
-        return None
+# ------------------------------------------------------------------------ reading a file
+Values = dict[str, dict[str, np.ndarray]]  # inner path -> variable key -> value
 
 
-def _check_weights_file(model: Any, path: Path, skip: list[Any]) -> None:
-    """Raise unless ``path`` holds every variable the live model walk would load.
+def _read_weights(model: Any, path: Path, skip: list[Any]) -> Values:
+    """Every value Keras' load walk will ask for, read from ``path`` and checked.
 
-    Compared: the variable paths, names, shapes and dtypes; nothing is assigned. A
-    difference is a :class:`CheckpointMismatchError` naming the first variable.
+    The live walk (the one ``save_weights`` makes) names the variables; each must be in
+    the file under the same path and key with the same shape and dtype, else
+    :class:`CheckpointMismatchError` naming the first. What Keras' loader would refuse
+    is :class:`CheckpointCorruptError` (see ``keras_h5``). Shapes are compared before
+    any data is read; nothing live is changed.
     """
-    import h5py
-
     live = _capture_weights(model, skip, share=True)
-    with h5py.File(path, "r") as f:
+    with keras_h5.open_file(path) as f:
+        planned: list[tuple[str, str, Any, keras_h5.Spec]] = []
         for inner_path, (_, values) in live.items():
-            if not values:
-                continue
-            group = _h5_group(f, inner_path)
             where = inner_path or "(top level)"
+            group = keras_h5.member(f, f"{inner_path}/vars" if inner_path else "vars",
+                                    "group", path)
+            saved = keras_h5.keys(group, path) if group is not None else set()
+            if not values and not saved:
+                continue
+            if not values:
+                raise CheckpointMismatchError(
+                    f"{path.name} does not fit the model: it holds variables "
+                    f"{sorted(saved)[:6]} for {where!r}, where the model has none"
+                )
             if group is None:
                 raise CheckpointMismatchError(
                     f"{path.name} does not fit the model: it has no variables for {where!r}; "
                     "is this the same model and optimizer?"
                 )
-            saved = set(group.keys())
             if saved != set(values):
                 raise CheckpointMismatchError(
                     f"{path.name} does not fit the model: {where!r} holds variables "
                     f"{sorted(saved)[:6]} in the checkpoint, {sorted(values)[:6]} in the model"
                 )
             for key, array in values.items():
-                dataset = group[key]
-                dtype = str(dataset.attrs.get("dtype", dataset.dtype))
-                if tuple(dataset.shape) != tuple(array.shape) or dtype != str(array.dtype):
+                dataset = keras_h5.member(group, key, "dataset", path)
+                spec = keras_h5.describe(dataset, path)
+                live_dtype = keras.backend.standardize_dtype(array.dtype)
+                if spec.shape != tuple(array.shape) or spec.dtype != live_dtype:
                     raise CheckpointMismatchError(
                         f"{path.name} does not fit the model: {where}/{key} is "
-                        f"{tuple(dataset.shape)} {dtype} in the checkpoint, "
-                        f"{tuple(array.shape)} {array.dtype} in the model"
+                        f"{spec.shape} {spec.dtype} in the checkpoint, "
+                        f"{tuple(array.shape)} {live_dtype} in the model"
                     )
+                planned.append((inner_path, key, dataset, spec))
+        out: Values = {}
+        for inner_path, key, dataset, spec in planned:
+            out.setdefault(inner_path, {})[key] = keras_h5.read(dataset, spec, path)
+    return out
 
 
 def _read_optimizer_vars(path: Path) -> list[np.ndarray] | None:
     """The optimizer variables a ``.weights.h5`` holds, in the optimizer's order."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        group = _h5_group(f, "optimizer")
+    with keras_h5.open_file(path) as f:
+        group = keras_h5.member(f, "optimizer/vars", "group", path)
         if group is None:
             return None
-        keys = sorted(group.keys(), key=lambda k: int(k) if k.isdigit() else -1)
-        return [np.array(group[k]) for k in keys]
+        saved = keras_h5.keys(group, path)
+        if saved != {str(i) for i in range(len(saved))}:
+            raise CheckpointCorruptError(
+                f"{path}: {group.name} holds {sorted(saved)[:6]}, not the variables 0.."
+                f"{len(saved) - 1} an optimizer writes")
+        datasets = [keras_h5.member(group, str(i), "dataset", path) for i in range(len(saved))]
+        specs = [keras_h5.describe(d, path) for d in datasets]
+        return [keras_h5.read(d, spec, path) for d, spec in zip(datasets, specs, strict=True)]
+
+
+@dataclass
+class _LegacyWeights:
+    """What an original CANDLE ``model.h5`` holds, read and checked against the model."""
+
+    layers: list[tuple[Any, list[Any], list[np.ndarray]]]  # (layer, variables, values)
+    optimizer: list[np.ndarray] | None
+
+
+def _legacy_variables(layer: Any) -> list[Any]:
+    """A layer's variables in the order legacy HDF5 files keep them (Keras' own rule)."""
+    return list(layer.trainable_weights) + list(layer.non_trainable_weights)
+
+
+def _read_legacy_weights(model: Any, path: Path) -> _LegacyWeights:
+    """Read a legacy ``model.h5`` as Keras' ``load_weights`` pairs it with the model.
+
+    Layer by layer in file order (layers without weights left out on both sides), then
+    the model's own variables (``top_level_model_weights``) and the optimizer's.
+    Raises CheckpointMismatchError where the shapes do not fit (compared before reading
+    the data), CheckpointCorruptError where the file is damaged (a name listed in
+    ``layer_names``/``weight_names`` that is missing, links, external data...).
+    """
+    with keras_h5.open_file(path) as f:
+        group = f
+        if "layer_names" not in f.attrs:  # model.save() keeps the weights one level down
+            weights = keras_h5.member(f, "model_weights", "group", path)
+            group = f if weights is None else weights
+        saved: list[tuple[str, list[tuple[Any, keras_h5.Spec]]]] = []
+        for name in keras_h5.names(group, "layer_names", path):
+            datasets = _legacy_datasets(group, name, path)
+            if datasets:
+                saved.append((name, datasets))
+        top = None
+        if keras_h5.member(group, "top_level_model_weights", "group", path) is not None:
+            top = _legacy_datasets(group, "top_level_model_weights", path)
+        live_layers = [layer for layer in model.layers if _legacy_variables(layer)]
+        pairs: list[tuple[Any, list[Any], list[tuple[Any, keras_h5.Spec]]]] = []
+        flat_saved: list[tuple[int, ...]] = []
+        flat_live: list[tuple[int, ...]] = []
+        for (_, datasets), layer in zip(saved, live_layers, strict=False):
+            variables = _legacy_variables(layer)
+            flat_saved += [spec.shape for _, spec in datasets]
+            flat_live += [tuple(v.shape) for v in variables]
+            pairs.append((layer, variables, datasets))
+        for _, datasets in saved[len(live_layers):]:
+            flat_saved += [spec.shape for _, spec in datasets]
+        for layer in live_layers[len(saved):]:
+            flat_live += [tuple(v.shape) for v in _legacy_variables(layer)]
+        if flat_saved != flat_live:
+            first = next((i for i, (a, b) in enumerate(zip(flat_saved, flat_live,
+                                                               strict=False)) if a != b),
+                         min(len(flat_saved), len(flat_live)))
+            raise CheckpointMismatchError(
+                f"{path.name} does not fit the model: weight {first} is "
+                f"{flat_saved[first] if first < len(flat_saved) else 'missing'} in the "
+                f"checkpoint, {flat_live[first] if first < len(flat_live) else 'missing'} in "
+                f"the model ({len(flat_saved)} vs {len(flat_live)} weights)")
+        for (name, datasets), (layer, variables, _) in zip(saved, pairs, strict=True):
+            if len(datasets) != len(variables):
+                raise CheckpointMismatchError(
+                    f"{path.name} does not fit the model: layer {name!r} has {len(datasets)} "
+                    f"weights in the checkpoint, {layer.name!r} has {len(variables)}")
+        own = list(getattr(model, "_trainable_variables", [])) + \
+            list(getattr(model, "_non_trainable_variables", []))
+        if top is not None:
+            if [spec.shape for _, spec in top] != [tuple(v.shape) for v in own]:
+                raise CheckpointMismatchError(
+                    f"{path.name} does not fit the model: its top-level weights are "
+                    f"{[spec.shape for _, spec in top]}, the model's "
+                    f"{[tuple(v.shape) for v in own]}")
+            pairs.append((model, own, top))
+        for _, variables, datasets in pairs:
+            for variable, (dataset, spec) in zip(variables, datasets, strict=True):
+                _check_castable(spec, variable, dataset, path)
+        optimizer_datasets = None
+        if keras_h5.member(f, "optimizer_weights", "group", path) is not None:
+            optimizer_datasets = _legacy_datasets(f, "optimizer_weights", path)
+        layers = [(layer, variables,
+                   [keras_h5.read(d, spec, path).astype(
+                       keras.backend.standardize_dtype(v.dtype), copy=False)
+                    for v, (d, spec) in zip(variables, datasets, strict=True)])
+                  for layer, variables, datasets in pairs]
+        optimizer = None if optimizer_datasets is None else \
+            [keras_h5.read(d, spec, path) for d, spec in optimizer_datasets]
+    return _LegacyWeights(layers, optimizer)
+
+
+def _legacy_datasets(group: Any, name: str, path: Path) -> list[tuple[Any, keras_h5.Spec]]:
+    """The datasets a legacy group's ``weight_names`` lists, in order, described."""
+    sub = keras_h5.member(group, name, "group", path)
+    if sub is None:
+        raise CheckpointCorruptError(f"{path}: {group.name} lists {name!r}, which is missing")
+    out = []
+    for wname in keras_h5.names(sub, "weight_names", path):
+        dataset = keras_h5.member(sub, wname, "dataset", path)
+        if dataset is None:
+            raise CheckpointCorruptError(
+                f"{path}: {sub.name} lists weight {wname!r}, which is missing")
+        out.append((dataset, keras_h5.describe(dataset, path)))
+    return out
+
+
+def _check_castable(spec: keras_h5.Spec, variable: Any, dataset: Any, path: Path) -> None:
+    """Legacy weights are cast to the variable's dtype, as Keras' assign does; refuse what
+    that would mangle (a float into an integer variable, a complex into a float one)."""
+    target = keras.backend.standardize_dtype(variable.dtype)
+    if spec.dtype == target or spec.dtype == "bfloat16" or target == "bfloat16":
+        return
+    if not np.can_cast(np.dtype(spec.dtype), np.dtype(target), casting="same_kind"):
+        raise CheckpointMismatchError(
+            f"{path.name} does not fit the model: {dataset.name} is {spec.dtype}, "
+            f"{variable.path} is {target}")
 
 
 def _read_rng(path: Path, model: Any) -> dict[str, Any]:
@@ -540,16 +710,27 @@ class KerasBackend:
             )
 
         def apply() -> list[str]:
-            problems = apply_weights()
-            if rng is not None:
-                self._apply_rng(model, rng)
+            # Everything was read and checked above, so only Keras itself can fail here
+            # (a layer's own load_own_variables, a device out of memory): by then some
+            # variables may hold this checkpoint's values. Say so rather than let restart
+            # fall back or start from scratch over a model that is neither.
+            try:
+                problems = apply_weights()
+                if rng is not None:
+                    self._apply_rng(model, rng)
+            except Exception as err:
+                raise CheckpointRestoreError(
+                    f"{path}: copying the checked values into the model failed part-way "
+                    f"({type(err).__name__}: {err}); the model and its optimizer may hold "
+                    "some of them: build them anew before restarting again"
+                ) from err
             return problems
 
         return Restored(apply, notes)
 
     def _plan_native(self, model: Any, path: Path, info: dict[str, Any],
                      notes: list[str]) -> Any:
-        """Check a ``.weights.h5``; return the function that loads it."""
+        """Read and check a ``.weights.h5`` whole; return the function that assigns it."""
         from keras.src.saving import saving_lib
 
         optimizer = getattr(model, "optimizer", None)
@@ -575,10 +756,16 @@ class KerasBackend:
             if not optimizer.built:
                 # Keras skips an unbuilt optimizer's variables (with a mere warning).
                 optimizer.build(model.trainable_variables)
-        _check_weights_file(model, path, skip)
+        values = _read_weights(model, path, skip)
 
         def apply() -> list[str]:
-            saving_lib.load_weights_only(model, str(path), objects_to_skip=skip or None)
+            # Keras' own load walk (each layer's load_own_variables), fed from memory.
+            saving_lib._load_state(
+                model, weights_store=_reading_store_class()(values), assets_store=None,
+                inner_path="", skip_mismatch=False,
+                visited_saveables={id(o) for o in skip}, failed_saveables=None,
+                error_msgs=None,
+            )
             if deferred is not None:
                 _deferred.setdefault(model, _Deferred()).optimizer = deferred
                 _deferred[model].optimizer_type = saved_type if isinstance(saved_type, str) \
@@ -589,39 +776,16 @@ class KerasBackend:
         return apply
 
     def _plan_legacy_h5(self, model: Any, path: Path) -> Any:
-        """Check an original CANDLE ``model.h5`` (model.save); return what loads it.
+        """Read and check an original CANDLE ``model.h5`` (model.save); return what assigns it.
 
-        The weights' shapes (layer by layer, as Keras' legacy loader pairs them) are
-        compared first, so a model that does not fit raises CheckpointMismatchError with
-        nothing changed. Optimizer state that does not fit (another Keras version's
-        layout, an optimizer never stepped) is left out with a warning, as before.
+        The weights are paired with the model layer by layer, as Keras' legacy loader
+        pairs them; a model that does not fit raises CheckpointMismatchError with nothing
+        changed. Optimizer state that does not fit (another Keras version's layout, an
+        optimizer never stepped) is left out with a warning, as before.
         """
-        import h5py
-        from keras.src.legacy.saving import legacy_h5_format
-
         optimizer = getattr(model, "optimizer", None)
-        with h5py.File(path, "r") as f:
-            group = f["model_weights"] if "model_weights" in f else f
-            saved = []
-            for name in group.attrs.get("layer_names", []):
-                layer = group[name.decode() if isinstance(name, bytes) else name]
-                for wname in layer.attrs.get("weight_names", []):
-                    wname = wname.decode() if isinstance(wname, bytes) else wname
-                    saved.append(tuple(layer[wname].shape))
-            values = None
-            if "optimizer_weights" in f:
-                values = [np.array(v) for v in
-                          legacy_h5_format.load_optimizer_weights_from_hdf5_group(f)]
-        live = [tuple(w.shape) for layer in model.layers for w in layer.weights]
-        if saved != live:
-            pairs = enumerate(zip(saved, live, strict=False))
-            first = next((i for i, (a, b) in pairs if a != b),
-                         min(len(saved), len(live)))
-            raise CheckpointMismatchError(
-                f"{path.name} does not fit the model: weight {first} is "
-                f"{saved[first] if first < len(saved) else 'missing'} in the checkpoint, "
-                f"{live[first] if first < len(live) else 'missing'} in the model "
-                f"({len(saved)} vs {len(live)} weights)")
+        legacy = _read_legacy_weights(model, path)
+        values = legacy.optimizer
         fresh = None
         if values is not None and optimizer is not None:
             if not optimizer.built:
@@ -635,7 +799,11 @@ class KerasBackend:
                          "starts fresh")
 
         def apply() -> list[str]:
-            model.load_weights(str(path))  # weights only; never deserializes the model
+            for layer, variables, arrays in legacy.layers:
+                for variable, array in zip(variables, arrays, strict=True):
+                    variable.assign(array)
+                if variables and hasattr(layer, "finalize_state"):  # as Keras' loader does
+                    layer.finalize_state()
             if values is None:
                 self.log.info(f"{path}: holds no optimizer state; the optimizer starts fresh")
             elif optimizer is None:
