@@ -18,14 +18,7 @@ from typing import Any
 from . import params as _params
 from .backend import Backend, NoBackend
 from .commit import Committer, WriterLock, acquire_writer_lock
-from .distributed import (
-    CaptureFailed,
-    Coordinator,
-    DistributedSaver,
-    agree_on_stop,
-    decide_together,
-    restart_together,
-)
+from .coordination import Coordinator, LocalCoordinator
 from .errors import CkptParamError
 from .integrity import DEFAULT_ALGORITHM
 from .layout import CkptKey, Layout
@@ -61,9 +54,9 @@ class CandleCkpt(SpecMethods):
         self.scan_params(gParameters)
         check_logger(logger)  # before the directory is created: a bad argument writes nothing
         self._preempt = Preemption(self.settings)  # parses ckpt_signals, ckpt_walltime_end
-        # Multi-process: only rank 0 (the writer) touches the tree; see distributed.py.
-        self._dist: Coordinator | None = self._new_coordinator()
-        self._writer = self._dist is None or self._dist.is_writer
+        # Multi-process: only rank 0 (the writer) touches the tree; see coordination.py.
+        self._coord: Coordinator = self._new_coordinator()
+        self._writer = self._coord.is_writer
         if self._writer:
             _make_directory(self.settings.directory, self.settings.directory_source)
         self.layout = Layout.ours(self.settings.directory)
@@ -74,21 +67,19 @@ class CandleCkpt(SpecMethods):
         self._best = BestTracker(self.direction.sign, self.settings.best_metric_last)
         self.committer = Committer(self.layout, self._log.info)
         keep = KeepRule(self.keep_mode, self.keep_limit)
-        self._saver = Saver(self.layout, self.committer, self.backend, self._log, keep) \
-            if self._dist is None else DistributedSaver(
-                self._dist, self.layout, self.committer, self.backend, self._log, keep)
+        self._saver = Saver(self.layout, self.committer, self.backend, self._log, keep,
+                            self._coord)
         self._async = AsyncSaver(self._saver) if self.settings.async_save else None
         self._restorer = Restorer(self.settings.directory, self.restart_mode,
-                                  self.checksum_enabled, self._log)
+                                  self.checksum_enabled, self._log, self._coord)
         self._time_last: float | None = None
         self.restart_info: dict[str, Any] | None = None
         self._lock: WriterLock | None = None
         self._ensure_lock()
         try:
             if self.restart_mode != "off" and self.settings.best_metric_last is None:
-                peeked = self._restorer.peek_best() if self._writer else None
-                if self._dist is not None:
-                    peeked = self._dist.broadcast(peeked)
+                peeked = self._coord.broadcast(
+                    self._restorer.peek_best() if self._writer else None)
                 if peeked is not None:
                     self._best = BestTracker(self.direction.sign, peeked.value, peeked.epoch)
             self._report_start()
@@ -100,9 +91,9 @@ class CandleCkpt(SpecMethods):
         """The backend of this engine (backends' public classes return theirs)."""
         return NoBackend()
 
-    def _new_coordinator(self) -> Coordinator | None:
-        """Multi-process training's coordinator (backends that support it return one)."""
-        return None
+    def _new_coordinator(self) -> Coordinator:
+        """The processes checkpointing together (backends that support many return theirs)."""
+        return LocalCoordinator()
 
     # ----------------------------------------------------------------- parameters
     def scan_params(self, gParams: Any) -> None:
@@ -275,12 +266,9 @@ class CandleCkpt(SpecMethods):
             return False
         self._ensure_lock()
         self.wait()  # at most one save in flight; capture may reuse the previous buffers
-        if self._dist is None:
-            record = self._decide(epoch_now, sign, metric)
-        else:  # the same decision on every rank: rank 0's, on the reduced metric
-            record = decide_together(
-                self._dist, lambda m: self._decide(epoch_now, sign, m), metric,
-                self.settings.distributed_metric)
+        # The same decision on every rank: rank 0's, on the metric reduced across ranks.
+        record = self._coord.decide(lambda m: self._decide(epoch_now, sign, m), metric,
+                                    self.settings.distributed_metric)
         if record is None:
             return False
         self._start_save(record)
@@ -298,12 +286,7 @@ class CandleCkpt(SpecMethods):
     def _capture(self, live: bool) -> Any:
         """The backend's snapshot; multi-process, a failure travels to the collective save
         (every rank must reach it, or the others would wait there forever)."""
-        if self._dist is None:
-            return self.backend.capture(live)
-        try:
-            return self.backend.capture(live)
-        except Exception as err:
-            return CaptureFailed(err)
+        return self._coord.attempt("capturing its state", lambda: self.backend.capture(live))
 
     def ckpt_batch(self, epoch: int, batch: int) -> bool:
         """Call after each optimizer step: saves mid-epoch when a stop or a time save is due.
@@ -314,8 +297,8 @@ class CandleCkpt(SpecMethods):
         training loop. ``ckpt_save_interval_seconds`` saves return False (keep going).
         """
         due, interval_due = self._preempt.due(), self._preempt.interval_due()
-        if self._dist is not None and self._preempt.may_fire:
-            due, interval_due = agree_on_stop(self._dist, due, interval_due)
+        if self._preempt.may_fire:
+            due, interval_due = self._coord.agree_on_stop(due, interval_due)
         if due is None and not interval_due:
             return False
         if self._preempt.stop_requested:
@@ -388,10 +371,7 @@ class CandleCkpt(SpecMethods):
             self._log.info("ckpt_restart_mode='off': not restarting")
             return None
         self._ensure_lock()
-        if self._dist is None:
-            result = self._restorer.restart(self.backend, verbose)
-        else:
-            result = restart_together(self._dist, self._restorer, self.backend, verbose)
+        result = self._restorer.restart(self.backend, verbose)
         if result is None:
             return None
         self.restart_info = result.J

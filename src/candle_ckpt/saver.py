@@ -12,6 +12,7 @@ AsyncCheckpointIO wraps any CheckpointIO; its error surfaces at the next ``wait`
 
 from __future__ import annotations
 
+import errno
 import shutil
 import threading
 import time
@@ -21,6 +22,7 @@ from typing import Any
 
 from .backend import Backend
 from .commit import Committer, FileSink
+from .coordination import Coordinator, LocalCoordinator, LostContact, StepFailed
 from .errors import CheckpointWriteError, CkptError
 from .layout import INFO_FILE, CkptKey, Layout
 from .logs import CkptLog, relpath
@@ -37,10 +39,15 @@ class KeepRule:
 
 
 class Saver:
-    """Writes and commits checkpoints into one layout; keeps this run's within the policy."""
+    """Writes and commits checkpoints into one layout; keeps this run's within the policy.
+
+    One process or many, the same steps (``save``); only rank 0 touches the tree beyond
+    its own files in work/, and only rank 0 applies the keep policy.
+    """
 
     def __init__(self, layout: Layout, committer: Committer, backend: Backend, log: CkptLog,
-                 keep: KeepRule) -> None:
+                 keep: KeepRule, coord: Coordinator | None = None) -> None:
+        self.coord = coord if coord is not None else LocalCoordinator()
         self.layout = layout
         self.committer = committer
         self.backend = backend
@@ -54,41 +61,39 @@ class Saver:
     # ------------------------------------------------------------------ writing
     def write_work(self, work: Path, record: SaveRecord, snapshot: Any) -> dict[str, Any]:
         """The backend's files, then ckpt-info.json (fsynced) last; returns the info."""
-        sink = FileSink(work, record.checksum_algorithm)
-        start = time.perf_counter()
-        written = self.backend.write(snapshot, sink)
-        files = sink.finish()
-        if written.model_file not in files:
-            raise CheckpointWriteError(
-                0, f"backend reported model file {written.model_file!r} that it did not write"
-            )
-        nbytes = sum(f["size"] for f in files.values())
-        self.log.debug(f"epoch {record.epoch}: wrote {len(files)} file(s), {nbytes} bytes in "
-                       f"{time.perf_counter() - start:.3f}s")
-        info = to_info(record, written, files)
-        self.committer.write_info(work / INFO_FILE, info)
-        return info
+        return self._write_info(work, record, [self._write_files(work, record, snapshot)])
 
     def save(self, record: SaveRecord, snapshot: Any) -> Path:
         """Write, commit and point ``last`` (and ``best``) at the record's epoch.
 
+        The steps, every rank together (see coordination.py): rank 0 creates work/;
+        every rank writes its files into it; rank 0 writes ckpt-info.json naming them
+        all, renames work/ to epochs/NNN, points best and then last (the commit point).
+
         Raises:
-            CheckpointWriteError: anything failed before the commit point; ``last`` and
-                every earlier checkpoint are untouched.
+            CheckpointWriteError: anything failed before the commit point, on any rank
+                (every rank raises); ``last`` and every earlier checkpoint are untouched.
         """
-        self.finish_deletions()  # the space of the last save's deletions is free first
+        coord, epoch, work = self.coord, record.epoch, self.layout.work
         start = time.perf_counter()
-        epoch = record.epoch
-        work = self.layout.work
         try:
-            self.committer.new_work()
-            self.write_work(work, record, snapshot)
-            directory = self.committer.publish(epoch, work, record.batch)
-            if not record.batch:
-                self._point_best(record)
-            self.committer.point("last", epoch, record.batch)  # the commit point
+            coord.step(f"creating {work}", self._new_work, writer_only=True, pending=snapshot)
+            outcomes = coord.step(f"writing its files into {work}",
+                                  lambda: self._write_files(work, record, snapshot))
+            coord.step("committing", lambda: self._commit(record, outcomes), writer_only=True)
+        except (StepFailed, LostContact) as err:
+            self._discard_work()
+            if isinstance(err, StepFailed):
+                message = (f"saving epoch {epoch} failed on {err.message}; no rank committed "
+                           "it: earlier checkpoints and 'last' are untouched")
+            else:
+                message = (f"saving epoch {epoch}: {err}; the checkpoint is not committed: "
+                           "earlier checkpoints and 'last' are untouched")
+            if coord.is_writer or isinstance(err, LostContact):
+                self._warn(message)
+            raise CheckpointWriteError(getattr(err, "errno", 0), message) from None
         except OSError as err:
-            shutil.rmtree(work, ignore_errors=True)
+            self._discard_work()
             if isinstance(err, CkptError):
                 raise
             raise CheckpointWriteError(
@@ -98,10 +103,62 @@ class Saver:
                 err.filename,
             ) from err
         except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
+            self._discard_work()
             raise
-        self._committed(record, directory, time.perf_counter() - start)
+        directory = self.layout.epoch_dir(epoch, record.batch)
+        elapsed = time.perf_counter() - start
+        if coord.is_writer:
+            self._committed(record, directory, elapsed)
+        else:
+            self.time_saving += elapsed
         return directory
+
+    def _new_work(self) -> None:
+        self.finish_deletions()  # the space of the last save's deletions is free first
+        self.committer.new_work()
+
+    def _discard_work(self) -> None:
+        if self.coord.is_writer:
+            shutil.rmtree(self.layout.work, ignore_errors=True)
+
+    def _write_files(self, work: Path, record: SaveRecord, snapshot: Any) -> dict[str, Any]:
+        """This process's files of the checkpoint, written and fsynced: their manifest."""
+        sink = FileSink(work, record.checksum_algorithm)
+        start = time.perf_counter()
+        written = self.backend.write(snapshot, sink)
+        files = sink.finish()
+        nbytes = sum(f["size"] for f in files.values())
+        self.log.debug(f"epoch {record.epoch}: wrote {len(files)} file(s), {nbytes} bytes in "
+                       f"{time.perf_counter() - start:.3f}s")
+        return {"written": written, "files": files}
+
+    def _write_info(self, work: Path, record: SaveRecord,
+                    outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+        """ckpt-info.json naming every process's files, written last and fsynced."""
+        files: dict[str, Any] = {}
+        for rank, outcome in enumerate(outcomes):
+            clash = set(files) & set(outcome["files"])
+            if clash:
+                raise CheckpointWriteError(
+                    errno.EEXIST, f"rank {rank} wrote {sorted(clash)}, which another rank "
+                    "wrote too; each rank must write files of its own")
+            files.update(outcome["files"])
+        written = outcomes[0]["written"]
+        if written.model_file not in files:
+            raise CheckpointWriteError(
+                0, f"backend reported model file {written.model_file!r} that it did not write"
+            )
+        info = to_info(record, written, dict(sorted(files.items())))
+        self.committer.write_info(work / INFO_FILE, info)
+        return info
+
+    def _commit(self, record: SaveRecord, outcomes: list[dict[str, Any]]) -> None:
+        """Rank 0: ckpt-info.json, rename to epochs/NNN, best, then last (the commit point)."""
+        self._write_info(self.layout.work, record, outcomes)
+        self.committer.publish(record.epoch, self.layout.work, record.batch)
+        if not record.batch:  # a mid-epoch checkpoint is never the best
+            self._point_best(record)
+        self.committer.point("last", record.epoch, record.batch)  # the commit point
 
     def _point_best(self, record: SaveRecord) -> None:
         if record.is_best:
