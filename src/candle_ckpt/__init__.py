@@ -68,11 +68,20 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     if name == "checksum_file":
+        from .integrity import ChecksumTally
         from .integrity import checksum_file as _checksum_file
+        from .logs import checksummed_line
 
         def checksum_file(logger: Any, filename: Any) -> str:
-            """Read file, compute checksum, return it as a string (default algorithm)."""
-            return _checksum_file(filename)
+            """Read file, compute checksum, return it as a string (default algorithm).
+
+            A ``logging.Logger`` given is told ``checksummed: ...``, as the original's was.
+            """
+            tally = ChecksumTally()
+            value = _checksum_file(filename, tally=tally)
+            if hasattr(logger, "info"):
+                logger.info(checksummed_line(tally.nbytes, tally.seconds))
+            return value
 
         globals()[name] = checksum_file
         return checksum_file

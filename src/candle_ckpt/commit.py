@@ -32,7 +32,7 @@ from .errors import (
     CkptParamError,
     LockLostError,
 )
-from .integrity import checksum_fd, new_hasher, safe_member
+from .integrity import ChecksumTally, checksum_fd, new_hasher, safe_member
 from .layout import (
     _ASIDE_PREFIX,
     _DELETING_PREFIX,
@@ -96,10 +96,11 @@ class _HashingWriter(io.RawIOBase):
     finish before ``write`` returns, so the caller's buffer is never used afterwards.
     """
 
-    def __init__(self, raw: BinaryIO, algorithm: str | None) -> None:
+    def __init__(self, raw: BinaryIO, algorithm: str | None,
+                 tally: ChecksumTally | None = None) -> None:
         super().__init__()
         self._raw = raw
-        self._hasher = new_hasher(algorithm) if algorithm else None
+        self._hasher = new_hasher(algorithm, tally) if algorithm else None
         self._helper: ThreadPoolExecutor | None = None
         self.size = 0
 
@@ -146,12 +147,15 @@ class FileSink:
 
     ``open(name)`` gives a stream checksummed while written; ``path(name)`` serves
     frameworks that insist on writing by path (those files are fsynced and, with
-    checksums on, read once after the backend returns).
+    checksums on, read once after the backend returns). ``tally`` counts what checksumming
+    cost (the log's ``checksummed:`` line).
     """
 
-    def __init__(self, directory: Path, algorithm: str | None) -> None:
+    def __init__(self, directory: Path, algorithm: str | None,
+                 tally: ChecksumTally | None = None) -> None:
         self.directory = directory
         self.algorithm = algorithm
+        self.tally = tally
         self.files: dict[str, dict[str, Any]] = {}
         self._by_path: list[str] = []
 
@@ -173,7 +177,7 @@ class FileSink:
         path = self._claim(name)
         # O_EXCL|O_NOFOLLOW: the file is new, ours, and no link planted in work/ is used.
         with os.fdopen(create_exclusive(path), "wb", buffering=1 << 20) as raw:
-            writer = _HashingWriter(raw, self.algorithm)
+            writer = _HashingWriter(raw, self.algorithm, self.tally)
             try:
                 yield writer
             finally:
@@ -229,7 +233,7 @@ class FileSink:
                 os.fsync(fd)
                 entry: dict[str, Any] = {"size": os.fstat(fd).st_size}
                 if self.algorithm:
-                    entry["checksum"] = checksum_fd(fd, self.algorithm)
+                    entry["checksum"] = checksum_fd(fd, self.algorithm, self.tally)
             finally:
                 os.close(fd)
             self.files[name] = entry

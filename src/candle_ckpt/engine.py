@@ -21,9 +21,9 @@ from .commit import Committer, WriterLock, acquire_writer_lock
 from .coordination import Coordinator, LocalCoordinator
 from .errors import CkptParamError
 from .integrity import DEFAULT_ALGORITHM
-from .layout import CkptKey, Layout
+from .layout import CkptKey, Layout, recorded_metrics
 from .logs import CkptLog, check_logger, relpath
-from .policy import BestTracker, best_direction, should_save
+from .policy import BestTracker, best_among, best_direction, should_save
 from .preempt import Preemption
 from .record import SaveRecord
 from .restorer import Restorer
@@ -62,6 +62,8 @@ class CandleCkpt(SpecMethods):
         self.layout = Layout.ours(self.settings.directory)
         self._log = self._preempt.log = CkptLog(
             self.layout.log_file if self._writer else None, logger, verbose)
+        for warning in [] if self._quiet_start else _params.unknown_key_warnings(gParameters):
+            self._log.warning(warning)
         self.backend: Backend = self._new_backend()
         self.direction = best_direction(self.save_best_metric, self.settings.save_best_mode)
         self._best = BestTracker(self.direction.sign, self.settings.best_metric_last)
@@ -334,7 +336,22 @@ class CandleCkpt(SpecMethods):
                         f"({decision.reason})")
         if not decision.save:
             return None
-        best = self._best.after(epoch, metric, sign) if is_best else self._best
+        if is_best:
+            best = self._best.after(epoch, metric, sign)
+        elif epoch == self._best.epoch:
+            # Re-doing the best epoch (a run that loops from epoch 0 again) with a metric
+            # that is not better: the best checkpoint is replaced, so the best is now
+            # the best of what will exist, possibly this one.
+            recorded = recorded_metrics(self.layout, self.save_best_metric, self.direction.mode)
+            recorded[epoch] = metric
+            best = best_among(recorded, sign)
+            is_best = self.save_best and best.epoch == epoch
+            self._log.info(f"epoch {epoch}: re-done with {self.save_best_metric}={metric}, "
+                           f"not better than its earlier {self._best.value}; best is now "
+                           + (f"epoch {best.epoch} ({best.value})" if best.epoch is not None
+                              else "none (no checkpoint records a finite metric)"))
+        else:
+            best = self._best
         return self._record(epoch, metric, is_best, best)
 
     def _record(self, epoch: int, metric: float | None, is_best: bool,
@@ -368,7 +385,8 @@ class CandleCkpt(SpecMethods):
         if model is not None:
             self._attach_model(model)
         if self.restart_mode == "off":
-            self._log.info("ckpt_restart_mode='off': not restarting")
+            self._log.info("ckpt_restart_mode='off': training starts from scratch; "
+                           "checkpoints on disk are not read")
             return None
         self._ensure_lock()
         result = self._restorer.restart(self.backend, verbose)

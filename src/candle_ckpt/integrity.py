@@ -5,8 +5,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,18 +50,68 @@ _ALGORITHMS: dict[str, Callable[[], Hasher]] = {
 }
 
 
-def new_hasher(algorithm: str) -> Hasher:
+@dataclass
+class ChecksumTally:
+    """What checksumming cost, for the log's ``checksummed:`` line.
+
+    One tally per save or per verified checkpoint, added to by one thread at a time.
+    """
+
+    files: int = 0
+    nbytes: int = 0
+    seconds: float = 0.0
+
+    def add(self, nbytes: int, seconds: float) -> None:
+        self.nbytes += nbytes
+        self.seconds += seconds
+
+    @staticmethod
+    def parallel(tallies: Iterable[ChecksumTally]) -> ChecksumTally:
+        """The tallies of writers that ran side by side: their bytes, the longest time."""
+        tallies = list(tallies)
+        return ChecksumTally(sum(t.files for t in tallies), sum(t.nbytes for t in tallies),
+                             max((t.seconds for t in tallies), default=0.0))
+
+
+class _TimedHasher:
+    """A hasher that adds the bytes it hashes, and the time it takes, to a tally."""
+
+    def __init__(self, hasher: Hasher, tally: ChecksumTally) -> None:
+        self._hasher = hasher
+        self._tally = tally
+
+    def update(self, data: bytes | memoryview) -> None:
+        start = time.perf_counter()
+        self._hasher.update(data)
+        self._tally.add(memoryview(data).nbytes, time.perf_counter() - start)
+
+    def hexdigest(self) -> str:
+        return self._hasher.hexdigest()
+
+
+def new_hasher(algorithm: str, tally: ChecksumTally | None = None) -> Hasher:
+    """A new hasher; with ``tally``, one that counts itself and its hashing time there."""
     try:
-        return _ALGORITHMS[algorithm]()
+        hasher = _ALGORITHMS[algorithm]()
     except KeyError:
         accepted = ", ".join(sorted(_ALGORITHMS))
         raise ValueError(
             f"checksum_algorithm: value {algorithm!r} is not known; accepted: {accepted}"
         ) from None
+    if tally is None:
+        return hasher
+    tally.files += 1
+    return _TimedHasher(hasher, tally)
 
 
-def checksum_fd(fd: int, algorithm: str = DEFAULT_ALGORITHM) -> str:
-    """Checksum what an open descriptor holds, from its start (its offset is not moved)."""
+def checksum_fd(fd: int, algorithm: str = DEFAULT_ALGORITHM,
+                tally: ChecksumTally | None = None) -> str:
+    """Checksum what an open descriptor holds, from its start (its offset is not moved).
+
+    ``tally``: counts the file, its bytes and the time taken, reading included (as the
+    original's ``checksummed:`` time did).
+    """
+    start = time.perf_counter()
     h = new_hasher(algorithm)
     buf = bytearray(_CHUNK)
     view = memoryview(buf)
@@ -71,6 +123,9 @@ def checksum_fd(fd: int, algorithm: str = DEFAULT_ALGORITHM) -> str:
             break
         h.update(view[:n])
         offset += n
+    if tally is not None:
+        tally.files += 1
+        tally.add(offset, time.perf_counter() - start)
     return h.hexdigest()
 
 
@@ -81,7 +136,7 @@ def _pread_into(fd: int, buf: bytearray, offset: int) -> int:
 
 
 def checksum_file(path: str | os.PathLike[str], algorithm: str = DEFAULT_ALGORITHM,
-                  follow_symlinks: bool = True) -> str:
+                  follow_symlinks: bool = True, tally: ChecksumTally | None = None) -> str:
     """Read a file once and return its checksum as a string.
 
     With ``follow_symlinks=False`` (how checkpoint files are read) a symlink is refused.
@@ -103,7 +158,7 @@ def checksum_file(path: str | os.PathLike[str], algorithm: str = DEFAULT_ALGORIT
     else:
         fd = open_regular(path, os.O_RDONLY, role="a checkpoint file")
     try:
-        return checksum_fd(fd, algorithm)
+        return checksum_fd(fd, algorithm, tally)
     finally:
         os.close(fd)
 
@@ -151,9 +206,11 @@ def _check_member(directory: Path, name: str, what: str) -> tuple[int | None, st
     return st.st_size, None
 
 
-def _checksum_member(directory: Path, name: str, algorithm: str) -> tuple[str | None, str | None]:
+def _checksum_member(directory: Path, name: str, algorithm: str,
+                     tally: ChecksumTally | None) -> tuple[str | None, str | None]:
     try:
-        return checksum_file(directory / name, algorithm, follow_symlinks=False), None
+        return checksum_file(directory / name, algorithm, follow_symlinks=False,
+                             tally=tally), None
     except OSError as err:
         return None, f"{printable(name)}: cannot be read: {printable(err.strerror or err)}"
 
@@ -163,7 +220,8 @@ _FILE_FIELDS = ("model_file", "rng_file")
 
 
 def verify_checkpoint(
-    directory: Path, info: dict[str, Any], check_checksums: bool
+    directory: Path, info: dict[str, Any], check_checksums: bool,
+    tally: ChecksumTally | None = None,
 ) -> list[str]:
     """Problems found in a checkpoint directory (empty when it holds up). Never raises.
 
@@ -172,14 +230,16 @@ def verify_checkpoint(
     (no links are followed, no FIFO or device is opened). A checkpoint with a
     ``format_version`` must have a manifest; original CANDLE checkpoints have none:
     their ``model_file`` must exist and be non-empty, and its decimal CRC32 must match.
+    ``tally``: what the checksums read, and how long it took.
     """
     try:
-        return _verify(directory, info, check_checksums)
+        return _verify(directory, info, check_checksums, tally)
     except Exception as err:  # noqa: BLE001 - a verdict, never a crash, on any tree
         return [f"verification failed: {type(err).__name__}: {printable(err)}"]
 
 
-def _verify(directory: Path, info: dict[str, Any], check_checksums: bool) -> list[str]:
+def _verify(directory: Path, info: dict[str, Any], check_checksums: bool,
+            tally: ChecksumTally | None) -> list[str]:
     problems: list[str] = []
     files = info.get("files")
     legacy = "format_version" not in info and "files" not in info
@@ -214,7 +274,7 @@ def _verify(directory: Path, info: dict[str, Any], check_checksums: bool) -> lis
                 problems.append(f"{name}: checksum {printable(want, 200)!r} is not a string")
                 continue
             if check_checksums and isinstance(want, str):
-                got, problem = _checksum_member(directory, name, algorithm)
+                got, problem = _checksum_member(directory, name, algorithm, tally)
                 if problem is not None:
                     problems.append(problem)
                 elif got != want:
@@ -247,7 +307,7 @@ def _verify(directory: Path, info: dict[str, Any], check_checksums: bool) -> lis
         algorithm = info.get("checksum_algorithm") or LEGACY_ALGORITHM
         if not isinstance(algorithm, str) or algorithm not in _ALGORITHMS:
             return [f"checksum_algorithm {printable(algorithm)!r} is not known"]
-        got, problem = _checksum_member(directory, model_file, algorithm)
+        got, problem = _checksum_member(directory, model_file, algorithm, tally)
         if problem is not None:
             return [problem]
         if got != want:
@@ -281,14 +341,15 @@ def _check_fields(info: dict[str, Any]) -> list[str]:
 
 
 def check_checkpoint(
-    directory: Path, epoch: int, check_checksums: bool
+    directory: Path, epoch: int, check_checksums: bool, tally: ChecksumTally | None = None
 ) -> tuple[dict[str, Any] | None, list[str]]:
     """Read and verify the checkpoint of ``epoch`` in ``directory``. Never raises.
 
     Returns its ``ckpt-info.json`` (None when unreadable) and the problems found, each
     naming the file it concerns relative to ``directory`` (empty when it holds up). The
     directory must be a real directory (an ``epochs/NNN`` symlink is not a checkpoint)
-    and the info's ``epoch`` an integer equal to ``epoch``.
+    and the info's ``epoch`` an integer equal to ``epoch``. ``tally``: what the checksums
+    read, and how long it took.
     """
     try:
         st = os.stat(directory, follow_symlinks=False)
@@ -313,7 +374,7 @@ def check_checkpoint(
         return info, [f"{INFO_FILE}: says epoch {printable(found, 200)!r}, its directory is "
                       f"{epoch}"]
     problems = _check_fields(info)
-    return info, problems + verify_checkpoint(directory, info, check_checksums)
+    return info, problems + verify_checkpoint(directory, info, check_checksums, tally)
 
 
 def has_checksums(info: dict[str, Any]) -> bool:

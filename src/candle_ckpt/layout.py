@@ -315,6 +315,26 @@ class Layout:
         return read_info_file(self.epoch_dir(epoch, batch) / INFO_FILE)
 
 
+def recorded_metrics(layout: Layout, metric: str, mode: str) -> dict[int, float | None]:
+    """Each complete epoch-end checkpoint's own ``metric_value`` of ``metric`` under
+    ``mode`` (epoch -> value). Never raises: a checkpoint whose info cannot be read, that
+    records another metric or direction, or none (the original's), is left out."""
+    found: dict[int, float | None] = {}
+    for key in layout.complete_keys():
+        if key.partial:
+            continue
+        try:
+            info = layout.read_info(key.epoch)
+        except (OSError, ValueError):
+            continue
+        value = info.get("metric_value")
+        if info.get("save_best_metric") != metric or info.get("best_mode") != mode \
+                or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        found[key.epoch] = float(value)
+    return found
+
+
 def _with(p: Pointer, **changes: Any) -> Pointer:
     values = {f: getattr(p, f) for f in ("name", "path", "kind", "raw", "epoch", "problem",
                                           "reanchored", "batch")}

@@ -1,7 +1,14 @@
 """``ckpt.log`` and the console: where every engine message goes.
 
 Each message goes to the directory's ``ckpt.log`` (always, every level) and to the
-console logger (filtered by the engine's ``verbose``).
+console logger (filtered by the engine's ``verbose``, as the original's was: info lines
+always, debug lines with ``verbose=True``).
+
+Three lines are the original CANDLE's, kept to its exact format because workflow tools
+and regression suites grep them (``restarting from epoch:``, ``checksummed:``,
+``model wrote:``); :class:`CkptLog` has one method for each. On the console they are
+printed bare, as the original printed every line (its stream handler's format was the
+message alone): Supervisor's scripts match lines that *start* with ``model wrote:``.
 """
 
 from __future__ import annotations
@@ -17,6 +24,12 @@ from .errors import CkptParamError
 from .safeio import append_log_line, check_log_file, one_line
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+_MB = 1024 * 1024  # the original's megabyte
+_ORIGINAL = "candle_original"  # set on the records of the original's lines
+# The original's format strings, verbatim (candle_lib ckpt_utils.py).
+RESTARTING_FROM_EPOCH = "restarting from epoch: %i"
+CHECKSUMMED = "checksummed: %0.3f MB in %.3f seconds (%.2f MB/s)."
+MODEL_WROTE = "model wrote: %0.3f MB in %0.3f seconds (%0.2f MB/s)."
 _setup_guard = threading.Lock()
 _file_loggers: dict[str, logging.Logger] = {}
 
@@ -78,20 +91,32 @@ class _StdoutHandler(logging.StreamHandler):
         pass
 
 
+class _ConsoleFormatter(logging.Formatter):
+    """Our lines as ``ckpt: <message>``; the original's lines bare, as it printed them."""
+
+    def __init__(self) -> None:
+        super().__init__("ckpt: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, _ORIGINAL, False):
+            return record.getMessage()
+        return super().format(record)
+
+
 def console_logger() -> logging.Logger:
     """The shared "DEFAULT" console logger (stdout, one handler, no propagation).
 
-    Its level stays INFO: each engine filters by its own ``verbose``, so a quiet engine
-    does not silence the others.
+    Its level is DEBUG: each engine filters by its own ``verbose``, so a quiet engine
+    does not silence the others, nor a verbose one make the others verbose.
     """
     logger = logging.getLogger("candle_ckpt")
     with _setup_guard:
         if not logger.handlers:
             handler = _StdoutHandler()
-            handler.setFormatter(logging.Formatter("ckpt: %(message)s"))
+            handler.setFormatter(_ConsoleFormatter())
             logger.addHandler(handler)
             logger.propagate = False
-            logger.setLevel(logging.INFO)
+            logger.setLevel(logging.DEBUG)
     return logger
 
 
@@ -117,18 +142,22 @@ class CkptLog:
         self._console_min = logging.NOTSET  # least severe level shown on the console
         if logger == "DEFAULT":
             self._console: logging.Logger | None = console_logger()
-            self._console_min = logging.INFO if verbose else logging.WARNING
+            self._console_min = logging.DEBUG if verbose else logging.INFO
         else:
             self._console = logger
 
-    def say(self, level: int, message: str) -> None:
-        """Log one message; never raises (a failing log must not fail a save)."""
+    def say(self, level: int, message: str, original: bool = False) -> None:
+        """Log one message; never raises (a failing log must not fail a save).
+
+        ``original``: one of the original's lines (printed bare on the console).
+        """
         message = one_line(message)  # a newline in a checkpoint's name forges no line
+        extra = {_ORIGINAL: True} if original else None
         try:
             if self._file is not None:
-                self._file.log(level, message)
+                self._file.log(level, message, extra=extra)
             if self._console is not None and level >= self._console_min:
-                self._console.log(level, message)
+                self._console.log(level, message, extra=extra)
         except Exception:  # logging's own handleError reports handler failures
             pass
 
@@ -140,6 +169,34 @@ class CkptLog:
 
     def warning(self, message: str) -> None:
         self.say(logging.WARNING, message)
+
+    # The original's lines (an interface: their text and level never change).
+    def restarting_from_epoch(self, epoch: int) -> None:
+        """A restart loaded the checkpoint of ``epoch`` (J["epoch"], the initial_epoch)."""
+        self.say(logging.INFO, RESTARTING_FROM_EPOCH % epoch, original=True)
+
+    def checksummed(self, nbytes: int, seconds: float) -> None:
+        """Checksums of ``nbytes`` bytes were computed (at save, or verified at restart)."""
+        self.say(logging.INFO, checksummed_line(nbytes, seconds), original=True)
+
+    def model_wrote(self, nbytes: int, seconds: float) -> None:
+        """A save wrote its files (``nbytes`` in all) and made them durable."""
+        self.say(logging.DEBUG, MODEL_WROTE % _rate(nbytes, seconds), original=True)
+
+
+def checksummed_line(nbytes: int, seconds: float) -> str:
+    """The original's line for a checksum of ``nbytes`` bytes computed in ``seconds``."""
+    return CHECKSUMMED % _rate(nbytes, seconds)
+
+
+def _rate(nbytes: int, seconds: float) -> tuple[float, float, float]:
+    """MB (of 1024*1024 bytes, as the original), seconds, MB/s.
+
+    The original divided by the duration as measured; a duration below the timer's
+    resolution is taken as 1 microsecond, so the rate is a number, never a crash.
+    """
+    mb = nbytes / _MB
+    return mb, seconds, mb / max(seconds, 1e-6)
 
 
 def relpath(p: Any) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -321,6 +322,31 @@ def read_settings(gParameters: Any, *, epochs_required: bool = True) -> CkptSett
         walltime_margin=v["ckpt_walltime_margin"],
         distributed_metric=v["ckpt_distributed_metric"],
     )
+
+
+def unknown_key_warnings(gParameters: Any) -> list[str]:
+    """A warning for each ``ckpt_*`` key that is not a checkpoint hyperparameter.
+
+    A misspelt key (``ckpt_keep_limt``) would otherwise be ignored without a word, and
+    the run would go on under the default it meant to change.
+    """
+    if isinstance(gParameters, Mapping):
+        keys = list(gParameters)
+    elif isinstance(gParameters, argparse.Namespace):
+        keys = list(vars(gParameters))
+    else:
+        return []
+    known = [d.name for d in CKPT_PARAMS]
+    warnings = []
+    for key in keys:
+        if not isinstance(key, str) or not key.startswith("ckpt_") or key in known:
+            continue
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else \
+            "the ckpt_* parameters are: " + ", ".join(known)
+        warnings.append(f"parameter {_short(key)} is not a checkpoint parameter and is "
+                        f"ignored; {hint}")
+    return warnings
 
 
 def _checkpoint_root(gParameters: Any, ckpt_directory: str | None) -> tuple[str, str]:

@@ -87,6 +87,17 @@ class BestTracker:
         return BestTracker(self.sign, value, epoch)
 
 
+def best_among(recorded: dict[int, float | None], sign: str) -> BestTracker:
+    """The best of the checkpoints' recorded metrics (epoch -> value), oldest first on ties.
+
+    An empty tracker when none holds a finite metric.
+    """
+    best = BestTracker(sign)
+    for epoch in sorted(recorded):
+        best = best.after(epoch, recorded[epoch])
+    return best
+
+
 @dataclass(frozen=True)
 class SaveDecision:
     save: bool

@@ -26,7 +26,7 @@ from .errors import (
     CkptError,
     CkptParamError,
 )
-from .integrity import check_checkpoint, has_checksums
+from .integrity import ChecksumTally, check_checkpoint, has_checksums
 from .layout import CkptKey, Layout, Pointer
 from .logs import CkptLog, relpath
 from .record import InfoRecord, read_record
@@ -151,6 +151,7 @@ class Restorer:
                 self.log.info(note)
             for note in restored.apply():
                 self.log.warning(note)
+            self.log.restarting_from_epoch(key.epoch)  # J["epoch"]: the initial_epoch
             if verbose:
                 ranks = coord.describe()
                 self.log.info(f"restarted from {relpath(directory)} ({where_in(key)}; "
@@ -169,7 +170,7 @@ class Restorer:
               why: str) -> None:
         skipped.append({"epoch": key.epoch, "batch": key.batch, "path": str(directory),
                         "reason": why})
-        self.log.warning(f"not restarting from {directory}: {why}")
+        self.log.warning(f"skipping {directory}: {why}")
 
     @staticmethod
     def _load(backend: Backend, directory: Path, info: dict[str, Any], coord: Coordinator
@@ -193,7 +194,10 @@ class Restorer:
     def check(self, layout: Layout, key: CkptKey) -> str | tuple[dict[str, Any], BestSoFar]:
         """Check one checkpoint's files and metadata (not the backend's); why not, if not."""
         directory = layout.epoch_dir(key.epoch, key.batch)
-        info, problems = check_checkpoint(directory, key.epoch, self.check_checksums)
+        tally = ChecksumTally()
+        info, problems = check_checkpoint(directory, key.epoch, self.check_checksums, tally)
+        if tally.files:
+            self.log.checksummed(tally.nbytes, tally.seconds)
         if info is None or problems:
             return "; ".join(problems)
         try:

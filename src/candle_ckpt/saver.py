@@ -24,6 +24,7 @@ from .backend import Backend
 from .commit import Committer, FileSink
 from .coordination import Coordinator, LocalCoordinator, LostContact, StepFailed
 from .errors import CheckpointWriteError, CkptError
+from .integrity import ChecksumTally
 from .layout import INFO_FILE, CkptKey, Layout
 from .logs import CkptLog, relpath
 from .policy import epochs_to_delete, protected_epochs
@@ -123,14 +124,13 @@ class Saver:
 
     def _write_files(self, work: Path, record: SaveRecord, snapshot: Any) -> dict[str, Any]:
         """This process's files of the checkpoint, written and fsynced: their manifest."""
-        sink = FileSink(work, record.checksum_algorithm)
+        tally = ChecksumTally()
+        sink = FileSink(work, record.checksum_algorithm, tally)
         start = time.perf_counter()
         written = self.backend.write(snapshot, sink)
         files = sink.finish()
-        nbytes = sum(f["size"] for f in files.values())
-        self.log.debug(f"epoch {record.epoch}: wrote {len(files)} file(s), {nbytes} bytes in "
-                       f"{time.perf_counter() - start:.3f}s")
-        return {"written": written, "files": files}
+        return {"written": written, "files": files, "tally": tally,
+                "seconds": time.perf_counter() - start}
 
     def _write_info(self, work: Path, record: SaveRecord,
                     outcomes: list[dict[str, Any]]) -> dict[str, Any]:
@@ -148,9 +148,23 @@ class Saver:
             raise CheckpointWriteError(
                 0, f"backend reported model file {written.model_file!r} that it did not write"
             )
+        # The ranks wrote side by side: all their bytes, in the time of the slowest.
+        self.report_written(files, max(o["seconds"] for o in outcomes),
+                            ChecksumTally.parallel(o["tally"] for o in outcomes))
         info = to_info(record, written, dict(sorted(files.items())))
         self.committer.write_info(work / INFO_FILE, info)
         return info
+
+    def report_written(self, files: dict[str, Any], seconds: float,
+                       tally: ChecksumTally) -> None:
+        """The original's lines for a save's files: ``model wrote:``, ``checksummed:``.
+
+        ``seconds``: from the backend's first write to every file fsynced; checksums
+        computed on the way are in it (and, alone, in the ``checksummed:`` line).
+        """
+        self.log.model_wrote(sum(f["size"] for f in files.values()), seconds)
+        if tally.files:
+            self.log.checksummed(tally.nbytes, tally.seconds)
 
     def _commit(self, record: SaveRecord, outcomes: list[dict[str, Any]]) -> None:
         """Rank 0: ckpt-info.json, rename to epochs/NNN, best, then last (the commit point)."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from . import params as _params
 from .backend import Backend
 from .commit import Committer
-from .integrity import DEFAULT_ALGORITHM, DISABLED, checksum_file
+from .integrity import DEFAULT_ALGORITHM, DISABLED, ChecksumTally, checksum_file
 from .layout import INFO_FILE, Layout, read_info_file
 from .logs import CkptLog, relpath
 from .params import ParamType
@@ -104,11 +104,18 @@ class SpecMethods:
         if not self.checksum_enabled:
             return DISABLED
         info = read_info_file(Path(dir_work) / INFO_FILE)
-        return checksum_file(Path(dir_work) / str(info.get("model_file")), DEFAULT_ALGORITHM)
+        return self._checksum_logged(Path(dir_work) / str(info.get("model_file")))
 
     def checksum_file(self, filename: Any) -> str:
         """Read file, compute checksum, return it as a string."""
-        return checksum_file(filename, DEFAULT_ALGORITHM)
+        return self._checksum_logged(filename)
+
+    def _checksum_logged(self, filename: Any) -> str:
+        """A file's checksum, logged as the original did (``checksummed: ...``)."""
+        tally = ChecksumTally()
+        value = checksum_file(filename, DEFAULT_ALGORITHM, tally=tally)
+        self._log.checksummed(tally.nbytes, tally.seconds)
+        return value
 
     def symlink(self, src: Any, dst: Any) -> None:
         """Like os.symlink, but relative, atomic (os.replace) and logged."""

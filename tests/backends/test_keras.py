@@ -260,6 +260,23 @@ def test_any_logs_key_can_be_the_best_metric_in_either_direction(
     assert saved == (["001", "002"] if best_epoch == 2 else ["001"])
 
 
+def test_a_second_run_redoing_the_best_epoch_worse_never_leaves_best_claiming_it(
+        tmp_path: Path) -> None:
+    model = small_model()
+    for losses in ([0.5, 0.1, 0.3], [0.6, 0.4]):
+        ckpt = candle.CandleCkptKeras(params(tmp_path, epochs=3), logger=None)
+        ckpt.set_model(model)
+        for epoch, loss in enumerate(losses):
+            ckpt.on_epoch_end(epoch, {"loss": loss, "val_loss": loss})
+        ckpt.close()
+    base = tmp_path / "save" / "ckpts"
+    assert os.readlink(base / "best") == "epochs/003"
+    assert info_of(base / "best")["metric_value"] == 0.3
+    assert min(info_of(p)["metric_value"] for p in (base / "epochs").iterdir()) == 0.3
+    last = info_of(base / "last")
+    assert (last["epoch"], last["epoch_best"], last["best_metric_last"]) == (2, 3, 0.3)
+
+
 def test_older_callback_signatures_take_logs_and_one_based_epoch(tmp_path: Path) -> None:
     ckpt = candle.CandleCheckpointCallback(params(tmp_path, ckpt_save_interval=100, epochs=9))
     ckpt.set_model(small_model())

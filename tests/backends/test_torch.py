@@ -273,6 +273,47 @@ def test_best_direction_follows_ckpt_save_best_mode(tmp_path: Path) -> None:
         assert os.readlink(directory / "ckpts" / "best") == f"epochs/{best:03d}"
 
 
+def test_a_run_that_redoes_the_best_epoch_worse_moves_best_to_the_best_that_exists(
+        tmp_path: Path) -> None:
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    base = tmp_path / "ckpts"
+    # The first run's best is epoch 2; the second loops from epoch 0 again (restart or not).
+    for values in ([0.5, 0.1, 0.3], [0.6, 0.4]):
+        with new_ckpt(tmp_path) as ckpt:
+            ckpt.set_model({"model": model, "optimizer": optimizer})
+            for epoch, value in enumerate(values):
+                ckpt.ckpt_epoch(epoch, value)
+    assert os.readlink(base / "best") == "epochs/003"
+    metrics = {p.name: json.loads((p / "ckpt-info.json").read_text())["metric_value"]
+               for p in (base / "epochs").iterdir()}
+    assert metrics == {"001": 0.6, "002": 0.4, "003": 0.3}
+    last = json.loads((base / "last" / "ckpt-info.json").read_text())
+    assert (last["epoch"], last["epoch_best"], last["best_metric_last"]) == (2, 3, 0.3)
+    # A restart takes that best over: the next improvement is measured against 0.3.
+    with new_ckpt(tmp_path) as ckpt:
+        ckpt.set_model({"model": model, "optimizer": optimizer})
+        assert ckpt.restart()["epoch"] == 2
+        assert ckpt.best_metric_last == 0.3
+        ckpt.ckpt_epoch(2, 0.35)
+        assert os.readlink(base / "best") == "epochs/003"
+        best = json.loads((base / "best" / "ckpt-info.json").read_text())
+        assert best["metric_value"] == best["best_metric_last"] == 0.35
+
+
+def test_a_redone_best_epoch_stays_best_when_nothing_else_is_better(tmp_path: Path) -> None:
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for value in (0.1, 0.4):
+        with new_ckpt(tmp_path, ckpt_restart_mode="off") as ckpt:
+            ckpt.set_model({"model": model, "optimizer": optimizer})
+            ckpt.ckpt_epoch(0, value)
+    base = tmp_path / "ckpts"
+    assert os.readlink(base / "best") == "epochs/001"
+    info = json.loads((base / "best" / "ckpt-info.json").read_text())
+    assert info["metric_value"] == info["best_metric_last"] == 0.4
+
+
 # ------------------------------------------------------------------------------ extra state
 def test_lr_scheduler_gradscaler_and_generators_are_saved_and_restored(tmp_path: Path) -> None:
     def build(seed: int) -> dict[str, Any]:

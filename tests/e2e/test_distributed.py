@@ -137,6 +137,20 @@ def test_one_model_file_and_one_rng_file_per_rank(
     assert not torch.equal(a["torch_rng"], b["torch_rng"])
 
 
+def test_rank_0_logs_each_save_once_with_every_ranks_bytes(
+        straight: tuple[Path, Path, list[Rank]]) -> None:
+    """The original's "model wrote:" and "checksummed:" lines: one per save, all files."""
+    ckpt_dir, _, _ = straight
+    log = (ckpt_dir / "ckpt.log").read_text().splitlines()
+    sizes = []
+    for epoch in range(1, EPOCHS + 1):
+        info = json.loads((ckpt_dir / "ckpts" / "epochs" / f"{epoch:03d}" / "ckpt-info.json")
+                          .read_text())
+        sizes.append("%0.3f MB" % (sum(f["size"] for f in info["files"].values()) / 2**20))
+    for line in ("model wrote: ", "checksummed: "):
+        assert [ln.split(line)[1].split(" in ")[0] for ln in log if line in ln] == sizes
+
+
 def test_save_decision_uses_the_mean_of_the_ranks_metrics(
         straight: tuple[Path, Path, list[Rank]]) -> None:
     ckpt_dir, _, ranks = straight
@@ -224,7 +238,8 @@ def test_a_damaged_rank_file_makes_every_rank_fall_back_to_the_same_older_checkp
     finished(resumed)
     assert initial_epochs(resumed) == [EPOCHS - 1] * WORLD  # both fell back, to the same
     log = (ckpt_dir / "ckpt.log").read_text()
-    assert f"not restarting from {damaged.parent}" in log and "rng-rank-00001.pt" in log
+    assert f"skipping {damaged.parent}" in log and "rng-rank-00001.pt" in log
+    assert log.count(f"restarting from epoch: {EPOCHS - 1}") == 1  # rank 0's log, once
     assert_matches_straight(straight, out)  # epoch 4 re-done exactly
 
 

@@ -31,3 +31,14 @@ def test_a_bad_signal_name_writes_nothing(tmp_path):
         CandleCkptFiles({"epochs": 2, "ckpt_directory": str(root), "ckpt_signals": "SIGFOO"},
                         logger=None)
     assert not root.exists()
+
+
+def test_a_misspelt_ckpt_key_is_warned_about_on_the_console_and_in_the_log(tmp_path, capsys):
+    params = {"epochs": 2, "ckpt_directory": str(tmp_path), "ckpt_keep_limt": 1}
+    CandleCkptFiles(params, verbose=False).close()
+    out = capsys.readouterr().out
+    assert out.count("'ckpt_keep_limt'") == 1 and "did you mean 'ckpt_keep_limit'?" in out
+    log = (tmp_path / "ckpt.log").read_text()
+    assert "WARNING" in log and "did you mean 'ckpt_keep_limit'?" in log
+    CandleCkptFiles({"epochs": 2, "ckpt_directory": str(tmp_path)}, verbose=False).close()
+    assert "did you mean" not in capsys.readouterr().out

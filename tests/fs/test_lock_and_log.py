@@ -116,6 +116,9 @@ CONSOLE = textwrap.dedent("""
     quiet = CandleCkptFiles(params, verbose=False)
     a.info("hello-console")
     b.info("hello-console")
+    a.debug("debug-console")
+    quiet.debug("debug-console")
+    quiet.info("quiet-info")
 """)
 
 
@@ -124,10 +127,32 @@ def test_the_console_prints_each_message_once_per_call(tmp_path):
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("hello-console") == 2
-    assert result.stdout.count("checkpointing into") == 2  # not for the quiet engine
+    assert result.stdout.count("checkpointing into") == 3  # info: verbose=False shows it too
+    # debug lines only from the verbose engine: the quiet one does not silence it, nor
+    # does the verbose one make the quiet one verbose
+    assert result.stdout.count("debug-console") == 1
+    assert result.stdout.count("quiet-info") == 1
     log = (tmp_path / "ckpt.log").read_text(encoding="utf-8")
     assert log.count("hello-console") == 2
+    assert log.count("debug-console") == 2
     assert log.count("checkpointing into") == 3
+
+
+def test_checksum_file_logs_the_originals_checksummed_line(tmp_path, caplog):
+    import logging
+    import re
+
+    import candle_ckpt
+
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"x" * (3 << 20))
+    line = r"checksummed: 3\.000 MB in \d+\.\d{3} seconds \(\d+\.\d{2} MB/s\)\."
+    with caplog.at_level(logging.INFO, logger="user"):
+        value = candle_ckpt.checksum_file(logging.getLogger("user"), data)
+    assert [re.fullmatch(line, m) is not None for m in caplog.messages] == [True]
+    with engine(tmp_path / "run") as e:
+        assert e.checksum_file(data) == value
+    assert re.search(r"INFO +" + line, (tmp_path / "run" / "ckpt.log").read_text())
 
 
 def test_a_save_leaves_no_work_directory_and_a_later_engine_removes_a_stale_one(tmp_path):

@@ -203,7 +203,8 @@ def test_damaged_file_falls_back_to_the_newest_older_checkpoint(tmp_path, damage
     assert Path(J["restarted_from"]) == ckpts(tmp_path) / "epochs" / "002"
     assert [s["epoch"] for s in J["skipped"]] == [3]
     assert victim in J["skipped"][0]["reason"]
-    assert "not restarting from" in log_text(tmp_path)
+    assert f"skipping {ckpts(tmp_path) / 'epochs' / '003'}: " in log_text(tmp_path)
+    assert "restarting from epoch: 2" in log_text(tmp_path)
 
 
 def test_a_bit_flip_is_not_seen_without_checksums(tmp_path):

@@ -338,3 +338,15 @@ def test_unrepresentable_values_are_refused_naming_the_parameter(key, value, say
     with pytest.raises(CkptParamError, match=says) as err:
         read_settings({"epochs": 3, key: value})
     assert key in str(err.value)
+
+
+def test_a_misspelt_ckpt_key_is_named_with_the_closest_known_one():
+    from candle_ckpt.params import unknown_key_warnings
+
+    (warning,) = unknown_key_warnings({"epochs": 2, "ckpt_keep_limt": 1, "ckpt_keep_limit": 2,
+                                       "learning_rate": 0.1})
+    assert "'ckpt_keep_limt'" in warning and "did you mean 'ckpt_keep_limit'?" in warning
+    (warning,) = unknown_key_warnings(argparse.Namespace(ckpt_zzzzzzzz=1, epochs=2))
+    assert "'ckpt_zzzzzzzz'" in warning and "ckpt_restart_mode" in warning
+    assert unknown_key_warnings({"ckpt_checksum": True, "other": 1, 3: 4}) == []
+    assert unknown_key_warnings(None) == []

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from candle_ckpt import CkptParamError
 from candle_ckpt.policy import (
+    best_among,
     best_direction,
     epochs_to_delete,
     epochs_to_keep,
@@ -302,3 +303,18 @@ def test_keep_with_the_protected_set_never_drops_a_protected_epoch(case, mode):
                                  newest_valid=max(epochs))
     kept = epochs_to_keep(mode, limit, epochs, now, best, protected)
     assert protected & set(epochs) <= kept
+
+
+@given(recorded=st.dictionaries(st.integers(1, 30),
+                                st.one_of(st.none(), st.floats(allow_nan=True), st.just(math.inf)),
+                                max_size=8),
+       sign=st.sampled_from(["+", "-"]))
+def test_best_among_is_the_earliest_checkpoint_holding_the_best_finite_metric(recorded, sign):
+    best = best_among(recorded, sign)
+    finite = {e: v for e, v in recorded.items() if v is not None and math.isfinite(v)}
+    if not finite:
+        assert (best.epoch, best.value) == (None, None)
+        return
+    target = max(finite.values()) if sign == "+" else min(finite.values())
+    assert best.value == target
+    assert best.epoch == min(e for e, v in finite.items() if v == target)
