@@ -10,8 +10,10 @@ methods, so a user subclass overriding one cannot change how saving works.
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -373,14 +375,64 @@ class CandleCkpt(SpecMethods):
     def _attach_model(self, model: Any) -> None:
         """Hook: ``restart(model)`` hands the model to the backend here."""
 
-    def restart(self, model: Any = None, verbose: bool = True) -> dict[str, Any] | None:
-        """Restart from ``last`` per ckpt_restart_mode; the info dict, or None.
+    def _is_model(self, obj: Any) -> bool:
+        """Hook: can this backend restore into ``obj``? (The base engine has no model, so
+        anything but hyperparameters goes to :meth:`_attach_model`, which ignores it.)"""
+        return not _is_params(obj)
+
+    def _has_model(self) -> bool:
+        """Hook: has ``set_model`` (or an earlier restart) named what to restore into?"""
+        return True
+
+    def _restart_args(self, model: Any, verbose: Any) -> tuple[Any, Any]:
+        """``restart``'s arguments, in every shape CANDLE code passes them, as (the model
+        to attach or None, verbose).
+
+        ``restart(gParameters, model)`` (the module-level function's order, used on the
+        method by candle_lib's Keras example) puts the model where ``verbose`` goes;
+        ``restart(gParameters)`` (Uno, after ``set_model``) puts hyperparameters where
+        the model goes. The original ignored the argument and loaded into the model given
+        to ``set_model``; so does this, saying so in the log.
 
         Raises:
+            CkptParamError: the argument is neither a model nor hyperparameters and no
+                model was given to ``set_model``, or two models are given.
+        """
+        if not _is_flag(verbose):  # restart(gParameters, model)
+            if model is not None and not _is_params(model):
+                raise CkptParamError(
+                    f"restart: verbose is a {_type_name(verbose)} and the first argument a "
+                    f"{_type_name(model)}; {_RESTART_SHAPES}")
+            model, verbose = verbose, True
+        if model is None or self._is_model(model):
+            return model, verbose
+        what = ("the hyperparameters (gParameters)" if _is_params(model)
+                else f"the {_type_name(model)} given")
+        if self._has_model():
+            log = self._log.debug if _is_params(model) else self._log.warning
+            log(f"restart: {what} is not a model; ignored, restoring into the model given "
+                "to set_model")
+            return None, verbose
+        if _is_params(model):
+            return None, verbose  # the backend says what to do when it has no model
+        raise CkptParamError(
+            f"restart: the argument is a {_type_name(model)}, not a model, and set_model "
+            f"named none; {_RESTART_SHAPES}")
+
+    def restart(self, model: Any = None, verbose: Any = True) -> dict[str, Any] | None:
+        """Restart from ``last`` per ckpt_restart_mode; the info dict, or None.
+
+        Accepted: ``restart()``, ``restart(model)``, ``restart(model, verbose)``,
+        ``restart(gParameters, model)`` and ``restart(gParameters)``; the model passed,
+        else the one given to ``set_model``, is restored (see :meth:`_restart_args`).
+
+        Raises:
+            CkptParamError: no model to restore into, or an argument that is not one.
             CheckpointNotFoundError: mode "required" and no usable checkpoint.
             CheckpointCorruptError: ``last`` escapes the tree or is not a link.
             CheckpointMismatchError: the checkpoint does not fit the model (nothing loaded).
         """
+        model, verbose = self._restart_args(model, verbose)
         self.wait()
         if model is not None:
             self._attach_model(model)
@@ -399,6 +451,29 @@ class CandleCkpt(SpecMethods):
         if self.settings.best_metric_last is None:
             self._best = BestTracker(self._best.sign, result.best.value, result.best.epoch)
         return result.J
+
+
+_RESTART_SHAPES = ("call restart(), restart(model), restart(gParameters, model) or "
+                   "restart(gParameters), with the model given here or to set_model(...) "
+                   "first")
+
+
+def _is_params(obj: Any) -> bool:
+    """Hyperparameters as CANDLE code passes them: a dict or an argparse.Namespace."""
+    return isinstance(obj, (Mapping, argparse.Namespace))
+
+
+def _is_flag(value: Any) -> bool:
+    """Could ``value`` be restart's ``verbose`` (rather than a model passed there)?"""
+    return value is None or isinstance(value, (bool, int, float, str)) or (
+        getattr(value, "ndim", None) == 0)  # a numpy or torch scalar
+
+
+def _type_name(obj: Any) -> str:
+    kind = type(obj)
+    return kind.__qualname__ if kind.__module__ == "builtins" else (
+        f"{kind.__module__}.{kind.__qualname__}")
+
 
 def _make_directory(d: Path, source: str) -> None:
     """Create the checkpoint root, or CkptParamError naming the parameter it came from."""

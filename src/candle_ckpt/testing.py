@@ -72,3 +72,8 @@ class CandleCkptFiles(CandleCkpt):
     def _attach_model(self, model: Any) -> None:
         if isinstance(model, dict):
             self.set_model(model)
+
+    def _is_model(self, obj: Any) -> bool:
+        """A dict of file name -> bytes (any other dict is hyperparameters)."""
+        return isinstance(obj, dict) and bool(obj) and all(
+            isinstance(v, (bytes, bytearray)) for v in obj.values())

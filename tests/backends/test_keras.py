@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -114,6 +115,108 @@ def test_newer_pattern_restores_weights_optimizer_and_seed_generators(tmp_path: 
     assert J is not None and J["epoch"] == 2
     assert_same(values(fresh.variables), values(model.variables))  # incl. seed states
     assert_same(values(fresh.optimizer.variables), values(model.optimizer.variables))
+
+
+# Every way CANDLE code calls restart on the callback: the spec's order, the module-level
+# function's order (candle_lib's documented example), and gParameters where the model goes
+# (Uno, after set_model). ``g`` is the gParameters, ``m`` the model.
+RESTART_SHAPES = {
+    "restart()": lambda ckpt, g, m: ckpt.restart(),
+    "restart(model)": lambda ckpt, g, m: ckpt.restart(m),
+    "restart(model, verbose)": lambda ckpt, g, m: ckpt.restart(m, False),
+    "restart(gParameters, model)": lambda ckpt, g, m: ckpt.restart(g, m),
+    "restart(Namespace, model)": lambda ckpt, g, m: ckpt.restart(argparse.Namespace(**g), m),
+    "restart(gParameters)": lambda ckpt, g, m: ckpt.restart(g),
+    "restart(not_a_model)": lambda ckpt, g, m: ckpt.restart("model.h5"),
+}
+NEEDS_A_MODEL = {"restart()", "restart(gParameters)", "restart(not_a_model)"}
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Any]:
+    """A run with one checkpoint (epoch 1), and its model."""
+    g = params(tmp_path_factory.mktemp("run"), epochs=1)
+    x, y = data()
+    model = small_model()
+    model.fit(x, y, validation_data=(x, y), epochs=1, verbose=0,
+              callbacks=[candle.CandleCkptKeras(g, logger=None)])
+    return g, model
+
+
+@pytest.mark.parametrize("shape", list(RESTART_SHAPES))
+def test_restart_after_set_model_accepts_every_candle_call_shape(
+        one_epoch_run: tuple[dict[str, Any], Any], shape: str) -> None:
+    g, trained = one_epoch_run
+    fresh = small_model(seed=99)
+    ckpt = candle.CandleCkptKeras(g, verbose=False)
+    ckpt.set_model(fresh)
+    try:
+        J = RESTART_SHAPES[shape](ckpt, g, fresh)
+    finally:
+        ckpt.close()
+    assert J is not None and J["epoch"] == 1
+    assert_same(values(fresh.variables), values(trained.variables))
+    assert_same(values(fresh.optimizer.variables), values(trained.optimizer.variables))
+    if shape == "restart(not_a_model)":  # as the original, but said: it is not loaded into
+        log = (Path(g["ckpt_directory"]) / "ckpt.log").read_text()
+        assert "the str given is not a model; ignored" in log
+
+
+@pytest.mark.parametrize("shape", list(RESTART_SHAPES))
+def test_restart_without_set_model_loads_the_model_passed_or_raises_saying_what_to_do(
+        one_epoch_run: tuple[dict[str, Any], Any], shape: str) -> None:
+    g, trained = one_epoch_run
+    fresh = small_model(seed=99)
+    before = values(fresh.variables)
+    ckpt = candle.CandleCkptKeras(g, verbose=False)
+    try:
+        if shape in NEEDS_A_MODEL:
+            with pytest.raises(candle.CkptParamError) as err:
+                RESTART_SHAPES[shape](ckpt, g, fresh)
+        else:
+            J = RESTART_SHAPES[shape](ckpt, g, fresh)
+    finally:
+        ckpt.close()
+    if shape in NEEDS_A_MODEL:
+        message = str(err.value)
+        assert "set_model(" in message and "restart(gParameters, model)" in message
+        if shape == "restart(not_a_model)":
+            assert "argument is a str, not a model" in message
+        assert_same(values(fresh.variables), before)
+    else:
+        assert J is not None and J["epoch"] == 1
+        assert_same(values(fresh.variables), values(trained.variables))
+
+
+def test_candle_lib_example_restart_with_gparameters_then_fit_continues(tmp_path: Path) -> None:
+    """candle_lib's documented Keras usage: no set_model, restart(gParameters, model)."""
+    gParameters = params(tmp_path, epochs=2)
+    x, y = data()
+    small_model().fit(x, y, validation_data=(x, y), epochs=1, verbose=0,
+                      callbacks=[candle.CandleCkptKeras(dict(gParameters, epochs=1))])
+    model = small_model(seed=99)
+    ckpt = candle.CandleCkptKeras(gParameters, verbose=False)
+    J = ckpt.restart(gParameters, model)
+    assert J is not None and J["epoch"] == 1
+    model.fit(x, y, validation_data=(x, y), epochs=gParameters["epochs"],
+              initial_epoch=J["epoch"], verbose=0, callbacks=[ckpt])
+    assert os.readlink(tmp_path / "save" / "ckpts" / "last") == "epochs/002"
+
+
+def test_module_level_restart_accepts_verbose_and_a_namespace_and_refuses_no_model(
+        one_epoch_run: tuple[dict[str, Any], Any]) -> None:
+    g, trained = one_epoch_run
+    for call in (lambda m: candle.restart(g, m, False),
+                 lambda m: candle.restart(argparse.Namespace(**g), m)):
+        fresh = small_model(seed=99)
+        J = call(fresh)
+        assert J is not None and J["epoch"] == 1
+        assert_same(values(fresh.variables), values(trained.variables))
+    with pytest.raises(candle.CkptParamError, match="no model; pass it"):
+        candle.restart(g)
+    with pytest.raises(candle.CkptParamError, match="argument is a str, not a model"):
+        candle.restart(g, "model.h5")
+    assert not commit._held, "a refused module-level restart() must release the lock too"
 
 
 def test_checkpoint_files_and_info_are_keras_native(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ safe loading, the original CANDLE torch checkpoints, and exact resume across pro
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
@@ -231,6 +232,85 @@ def test_restart_refuses_a_model_other_than_set_models(tmp_path: Path) -> None:
             ckpt.restart(make_net())
 
 
+# Every way CANDLE code calls restart on the object: the method's spec order, the
+# module-level function's order (candle_lib's example), and gParameters where the model
+# goes (Uno, after set_model). ``g`` is the gParameters, ``m`` the model.
+RESTART_SHAPES = {
+    "restart()": lambda ckpt, g, m: ckpt.restart(),
+    "restart(model)": lambda ckpt, g, m: ckpt.restart(m),
+    "restart(model, verbose)": lambda ckpt, g, m: ckpt.restart(m, False),
+    "restart(gParameters, model)": lambda ckpt, g, m: ckpt.restart(g, m),
+    "restart(Namespace, model)": lambda ckpt, g, m: ckpt.restart(argparse.Namespace(**g), m),
+    "restart(gParameters)": lambda ckpt, g, m: ckpt.restart(g),
+    "restart(not_a_model)": lambda ckpt, g, m: ckpt.restart("model.pt"),
+}
+
+
+def _one_saved_epoch(directory: Path) -> dict[str, torch.Tensor]:
+    """A run with one checkpoint (epoch 1); its model's state."""
+    model = make_net(0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_steps(model, optimizer)
+    with new_ckpt(directory) as ckpt:
+        ckpt.set_model({"model": model, "optimizer": optimizer})
+        ckpt.ckpt_epoch(0, 1.0)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("shape", list(RESTART_SHAPES))
+def test_restart_after_set_model_accepts_every_candle_call_shape(
+        tmp_path: Path, shape: str) -> None:
+    saved = _one_saved_epoch(tmp_path)
+    fresh = make_net(1)
+    g = params_for(tmp_path)
+    with new_ckpt(tmp_path) as ckpt:
+        ckpt.set_model({"model": fresh, "optimizer": torch.optim.SGD(fresh.parameters(), 0.1)})
+        J = RESTART_SHAPES[shape](ckpt, g, fresh)
+    assert J is not None and J["epoch"] == 1
+    assert_same_state(fresh.state_dict(), saved)
+    log = (tmp_path / "ckpt.log").read_text()
+    if shape == "restart(not_a_model)":  # as the original, but said: it is not loaded into
+        assert "WARNING" in log and "str given is not a model; ignored" in log
+    if shape == "restart(gParameters)":
+        assert "hyperparameters (gParameters) is not a model; ignored" in log
+
+
+def test_restart_with_gparameters_and_the_set_model_dict_needs_no_set_model(
+        tmp_path: Path) -> None:
+    saved = _one_saved_epoch(tmp_path)
+    fresh = make_net(1)
+    objects = {"model": fresh, "optimizer": torch.optim.SGD(fresh.parameters(), 0.1)}
+    with new_ckpt(tmp_path) as ckpt:
+        J = ckpt.restart(params_for(tmp_path), objects)
+        assert J is not None and J["epoch"] == 1
+        assert ckpt.model == objects
+    assert_same_state(fresh.state_dict(), saved)
+
+
+@pytest.mark.parametrize("shape", list(RESTART_SHAPES))
+def test_restart_without_set_model_raises_saying_what_to_do(tmp_path: Path, shape: str) -> None:
+    _one_saved_epoch(tmp_path)
+    fresh = make_net(1)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with new_ckpt(tmp_path) as ckpt:
+        with pytest.raises(CkptParamError) as err:
+            RESTART_SHAPES[shape](ckpt, params_for(tmp_path), fresh)
+    if shape == "restart(not_a_model)":
+        assert "argument is a str, not a model" in str(err.value)
+        assert "restart(gParameters, model)" in str(err.value)  # the accepted shapes
+    else:
+        assert "call ckpt.set_model(" in str(err.value)
+    assert_same_state(fresh.state_dict(), before)
+
+
+def test_restart_with_a_model_in_both_places_is_refused(tmp_path: Path) -> None:
+    model = make_net()
+    with new_ckpt(tmp_path) as ckpt:
+        ckpt.set_model({"model": model, "optimizer": torch.optim.SGD(model.parameters(), 0.1)})
+        with pytest.raises(CkptParamError, match=r"verbose is a .*Sequential.*first argument"):
+            ckpt.restart(model, model)
+
+
 def test_state_weights_only_cannot_read_is_refused_at_set_model(tmp_path: Path) -> None:
     class Custom:
         pass
@@ -247,6 +327,115 @@ def test_state_weights_only_cannot_read_is_refused_at_set_model(tmp_path: Path) 
         with pytest.raises(CkptParamError, match=r"holder\['thing'\].*weights_only"):
             ckpt.set_model({"model": model, "optimizer": torch.optim.SGD(
                 model.parameters(), lr=0.1), "holder": Holder()})
+
+
+class TaggedTensor(torch.Tensor):
+    """A tensor subclass as user code makes one: torch.load(weights_only=True) refuses it."""
+
+
+class PlainTaggedTensor(torch.Tensor):
+    """A subclass that detaches to a plain tensor (as nn.Parameter does)."""
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+
+class Scaled(nn.Module):
+    def __init__(self, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 1)
+        self.register_buffer("scale", scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) * self.scale.as_subclass(torch.Tensor)
+
+
+def test_a_tensor_subclass_buffer_is_refused_at_set_model_naming_entry_and_type(
+        tmp_path: Path) -> None:
+    model = Scaled(torch.ones(1).as_subclass(TaggedTensor))
+    with new_ckpt(tmp_path) as ckpt:
+        with pytest.raises(CkptParamError) as err:
+            ckpt.set_model({"model": model, "optimizer": torch.optim.SGD(
+                model.parameters(), lr=0.1)})
+    message = str(err.value)
+    assert "model['scale']" in message and "TaggedTensor" in message
+    assert "weights_only=True" in message and "add_safe_globals" in message
+    assert not (tmp_path / "ckpts" / "epochs").exists()
+
+
+@pytest.mark.parametrize("async_", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("replaced", ["buffer", "optimizer state"])
+def test_state_made_unloadable_after_set_model_is_refused_at_ckpt_epoch_writing_nothing(
+        tmp_path: Path, replaced: str, async_: bool) -> None:
+    model = Scaled(torch.ones(1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with new_ckpt(tmp_path, ckpt_async=async_) as ckpt:
+        ckpt.set_model({"model": model, "optimizer": optimizer})
+        train_steps(model, optimizer, 1)
+        ckpt.ckpt_epoch(0, 1.0)
+        ckpt.wait()
+        on_disk = _tree_bytes(tmp_path)
+        if replaced == "buffer":
+            model.scale = torch.full((1,), 2.0).as_subclass(TaggedTensor)
+            where = "model['scale']"
+        else:
+            state = optimizer.state[model.linear.weight]
+            state["momentum_buffer"] = state["momentum_buffer"].as_subclass(TaggedTensor)
+            where = "optimizer['state'][0]['momentum_buffer']"
+        with pytest.raises(CkptParamError) as err:
+            ckpt.ckpt_epoch(1, 0.5)
+        ckpt.wait()
+        assert where in str(err.value) and "TaggedTensor" in str(err.value)
+    assert _tree_bytes(tmp_path) == on_disk
+    assert os.readlink(tmp_path / "ckpts" / "last") == "epochs/001"
+    assert sorted(os.listdir(tmp_path / "ckpts")) == ["best", "epochs", "last"]
+
+
+def test_a_subclass_that_detaches_to_a_plain_tensor_round_trips_exactly(tmp_path: Path) -> None:
+    """Saved as the plain tensor it detaches to; restore copies it into the live subclass."""
+    model = Scaled(torch.full((1,), 3.0).as_subclass(PlainTaggedTensor))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with new_ckpt(tmp_path) as ckpt:
+        ckpt.set_model({"model": model, "optimizer": optimizer})
+        ckpt.ckpt_epoch(0, 1.0)
+    fresh = Scaled(torch.zeros(1).as_subclass(PlainTaggedTensor))
+    with new_ckpt(tmp_path) as ckpt:
+        ckpt.set_model({"model": fresh, "optimizer": torch.optim.SGD(fresh.parameters(), 0.1)})
+        assert ckpt.restart(fresh) is not None
+    assert type(fresh.scale) is PlainTaggedTensor and float(fresh.scale) == 3.0
+    assert_same_state(dict(fresh.state_dict()), dict(model.state_dict()))
+
+
+def test_parameters_and_subclasses_registered_as_safe_round_trip(tmp_path: Path) -> None:
+    class KeepVars:
+        """An entry whose state holds the nn.Parameters themselves (keep_vars=True)."""
+
+        def __init__(self, module: nn.Module) -> None:
+            self.module = module
+
+        def state_dict(self) -> dict[str, Any]:
+            return self.module.state_dict(keep_vars=True)
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            self.module.load_state_dict(state)
+
+    def objects(scale: float, seed: int) -> dict[str, Any]:
+        model = Scaled(torch.full((1,), scale).as_subclass(TaggedTensor))
+        torch.manual_seed(seed)
+        ema = nn.Linear(2, 2)
+        return {"model": model, "optimizer": torch.optim.SGD(model.parameters(), lr=0.1),
+                "ema": KeepVars(ema), "ema_module": ema}
+
+    with torch.serialization.safe_globals([TaggedTensor]):  # this test only
+        run = objects(5.0, 0)
+        with new_ckpt(tmp_path) as ckpt:
+            ckpt.set_model(run)
+            ckpt.ckpt_epoch(0, 1.0)
+        fresh = objects(0.0, 1)
+        with new_ckpt(tmp_path) as ckpt:
+            ckpt.set_model(fresh)
+            assert ckpt.restart(fresh["model"]) is not None
+    assert float(fresh["model"].scale) == 5.0
+    assert_same_state(dict(fresh["ema_module"].state_dict()), dict(run["ema_module"].state_dict()))
 
 
 def test_numpy_scalars_in_state_are_saved_as_python_numbers(tmp_path: Path) -> None:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
 from pathlib import Path
 
 import pytest
-from fshelpers import blobs, ckpts, engine, epoch_dirs, info, link_target, train
+from fshelpers import blobs, ckpts, engine, epoch_dirs, info, link_target, make_params, train
 
-from candle_ckpt import CheckpointCorruptError, CheckpointNotFoundError, CkptError
+from candle_ckpt import (
+    CandleCkpt,
+    CheckpointCorruptError,
+    CheckpointNotFoundError,
+    CkptError,
+    CkptParamError,
+)
 from candle_ckpt.policy import epochs_to_keep
 from candle_ckpt.testing import CandleCkptFiles, FilesBackend
 
@@ -88,6 +95,30 @@ def test_continuing_after_restart_writes_into_our_layout(tmp_path, layout):
     with engine(tmp_path) as e:
         J = e.restart()
     assert J is not None and J["epoch"] == 4 and e.state == blobs(4, "b")
+
+
+@pytest.mark.parametrize("call", ["restart(gParameters)", "restart(gParameters, model)",
+                                  "restart(Namespace, model)"])
+def test_gparameters_passed_to_restart_are_never_taken_for_the_model(tmp_path, call):
+    three_epochs(tmp_path)
+    g = make_params(tmp_path)
+    with engine(tmp_path) as e:
+        if call == "restart(gParameters)":
+            J = e.restart(g)
+        elif call == "restart(gParameters, model)":
+            J = e.restart(g, blobs(0))
+        else:
+            J = e.restart(argparse.Namespace(**g), blobs(0))
+    assert J is not None and J["epoch"] == 3 and e.state == blobs(3)
+
+
+def test_the_base_engine_accepts_every_restart_call_shape(tmp_path):
+    g = make_params(tmp_path)
+    with CandleCkpt(g, logger=None) as e:
+        for args in [(), (object(),), (object(), False), (g,), (g, object())]:
+            assert e.restart(*args) is None  # nothing saved: nothing to load into
+        with pytest.raises(CkptParamError, match="restart.gParameters, model."):
+            e.restart(object(), object())
 
 
 def test_auto_with_nothing_starts_from_scratch(tmp_path):

@@ -777,24 +777,36 @@ class CandleCkptKeras(keras.callbacks.Callback, CandleCkpt):
     def _attach_model(self, model: Any) -> None:
         self.set_model(model)
 
+    def _is_model(self, obj: Any) -> bool:
+        return isinstance(obj, keras.Model)
+
+    def _has_model(self) -> bool:
+        return self.backend.model is not None
+
     def capture_state(self) -> KerasSnapshot:
         """A host copy of everything a checkpoint holds (what an async save writes)."""
         return self.backend.capture(live=False)
 
-    def restart(self, model: Any = None, verbose: bool = True) -> dict[str, Any] | None:
+    def restart(self, model: Any = None, verbose: Any = True) -> dict[str, Any] | None:
         """Restart from ``last`` per ckpt_restart_mode; the info dict, or None.
+
+        ``restart()``, ``restart(model)``, ``restart(gParameters, model)`` and
+        ``restart(gParameters)`` are accepted: the model passed is restored, else the one
+        given to ``set_model`` (hyperparameters passed are not needed here and ignored).
 
         Raises:
             CkptParamError: no model is known, or it is not built (its weights could not
                 be loaded, and silently starting from scratch would overwrite the run).
             CheckpointMismatchError: the checkpoint does not fit the model (nothing loaded).
         """
+        model, verbose = self._restart_args(model, verbose)
         target = model if model is not None else self.backend.model
         if self.restart_mode != "off":
             if target is None:
                 raise CkptParamError(
-                    f"{type(self).__name__}.restart: no model; pass it (restart(model)) or "
-                    "call set_model(model) first, so its checkpoint can be loaded"
+                    f"{type(self).__name__}.restart: no model; pass it (restart(model) or "
+                    "restart(gParameters, model)) or call set_model(model) first, so its "
+                    "checkpoint can be loaded"
                 )
             if not target.built:
                 raise CkptParamError(
@@ -858,8 +870,12 @@ class CandleCheckpointCallback(CandleCkptKeras):
 
 
 # ------------------------------------------------------------------------ module level
-def restart(gParameters: Any, model: Any, verbose: bool = True) -> dict[str, Any] | None:
+def restart(gParameters: Any, model: Any = None, verbose: bool = True) -> dict[str, Any] | None:
     """Restart ``model`` from the last checkpoint per gParameters (the older API).
+
+    Raises:
+        CkptParamError: ``model`` is not a Keras model, or it is not built (with
+            ckpt_restart_mode "off", a missing or unbuilt model is not needed).
 
     Returns:
         The checkpoint's ckpt-info.json dict (``J["epoch"]`` is the ``initial_epoch``),

@@ -523,17 +523,20 @@ class CandleCkptPyTorch(CandleCkpt):
                                  metric)
         return super().ckpt_epoch(epoch, self.direction.sign, metric)
 
-    def restart(self, model: Any = None, verbose: bool = True) -> dict[str, Any] | None:
+    def restart(self, model: Any = None, verbose: Any = True) -> dict[str, Any] | None:
         """Restore the newest usable checkpoint into the objects given to ``set_model``.
 
         ``model`` may be the ``nn.Module`` given to ``set_model`` (or its
         DataParallel/DDP wrapper, or the module it wraps) or the ``set_model`` dict.
+        ``restart()``, ``restart(gParameters, model)`` and ``restart(gParameters)`` are
+        accepted too (hyperparameters passed are not needed here and ignored).
         Returns the checkpoint's info (``J["epoch"]`` is the epoch to resume from) or None.
 
         Raises:
             CkptParamError: called before ``set_model``, or with another model.
             CheckpointMismatchError: the checkpoint does not fit the model or optimizer.
         """
+        model, verbose = self._restart_args(model, verbose)
         if model is None:
             self.backend.require_model("restart")
         J = super().restart(model, verbose)
@@ -543,6 +546,12 @@ class CandleCkptPyTorch(CandleCkpt):
 
     def _attach_model(self, model: Any) -> None:
         self.backend.attach(model)
+
+    def _is_model(self, obj: Any) -> bool:
+        return isinstance(obj, nn.Module) or _is_set_model_dict(obj)
+
+    def _has_model(self) -> bool:
+        return self.backend.model is not None
 
     def capture_state(self) -> TorchSnapshot:
         """A host copy of everything a checkpoint holds (what an async save writes)."""
@@ -606,6 +615,14 @@ def _without_zip_crc32() -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------ entries
+def _is_set_model_dict(obj: Any) -> bool:
+    """A dict of what to checkpoint (``{"model": m, "optimizer": o}``), not gParameters
+    (which may hold a "model" key too, naming one)."""
+    return isinstance(obj, Mapping) and (
+        isinstance(obj.get("model"), nn.Module)
+        or isinstance(obj.get("optimizer"), torch.optim.Optimizer))
+
+
 def _kind(obj: Any) -> str | None:
     if isinstance(obj, torch.Generator):
         return "torch_generator"
@@ -828,7 +845,9 @@ class _Copies:
         if kind in _SCALARS:
             return value
         if isinstance(value, torch.Tensor):
-            return self._tensor(value.detach(), into)
+            tensor = value.detach()
+            _check_tensor_type(tensor, where)
+            return self._tensor(tensor, into)
         if kind is bytearray:
             return bytearray(value)
         if kind in (torch.Size, torch.dtype, torch.device):
@@ -923,12 +942,45 @@ def _fits(buffer: Any, source: torch.Tensor) -> bool:
     )
 
 
+def _check_tensor_type(tensor: torch.Tensor, where: str) -> None:
+    """Raise CkptParamError unless weights_only loading can rebuild ``tensor``'s class.
+
+    ``tensor`` is detached, as it is saved: a subclass that disables
+    ``__torch_function__`` (as nn.Parameter does) detaches to a plain tensor, saved and
+    loaded as one, and restore copies its values into the live tensor, so nothing is
+    lost. Any other subclass is pickled with its class, which torch.load(weights_only=True)
+    refuses unless the class was registered with torch.serialization.add_safe_globals.
+    It is refused rather than saved as a plain tensor: a subclass's values may live
+    outside its storage (wrapper subclasses) and an optimizer's load_state_dict keeps
+    the loaded tensor itself, so a plain copy could lose what the subclass holds.
+    """
+    kind = type(tensor)
+    if kind is torch.Tensor or kind is nn.Parameter or kind in _safe_globals():
+        return
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    raise CkptParamError(
+        f"cannot checkpoint {where}: it is a tensor of subclass {name}, which "
+        "torch.load(weights_only=True) cannot read back, so no checkpoint of it could be "
+        f"restarted from. Store a plain tensor there (t.as_subclass(torch.Tensor)), or call "
+        f"torch.serialization.add_safe_globals([{kind.__qualname__}]) before set_model and "
+        "before restart if the class is safe to load"
+    )
+
+
+def _safe_globals() -> list[Any]:
+    """The classes torch.load(weights_only=True) is allowed to rebuild in this process."""
+    get = getattr(torch.serialization, "get_safe_globals", None)  # torch >= 2.5
+    entries = get() if get is not None else []
+    return [e[0] if isinstance(e, tuple) else e for e in entries]
+
+
 def _check_loadable(value: Any, where: str) -> None:
     """Raise CkptParamError if ``value`` holds what weights_only loading refuses."""
     kind = type(value)
-    if kind in _SCALARS or isinstance(value, torch.Tensor) or kind in (
-        bytearray, torch.Size, torch.dtype, torch.device
-    ):
+    if isinstance(value, torch.Tensor):
+        _check_tensor_type(value.detach(), where)
+        return
+    if kind in _SCALARS or kind in (bytearray, torch.Size, torch.dtype, torch.device):
         return
     if kind in (dict, OrderedDict, Counter):
         for k, v in value.items():
