@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import os
+import queue
 import shutil
 import socket
 import stat
@@ -20,7 +21,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -88,12 +88,52 @@ def fsync_dir(path: Path) -> None:
 _OVERLAP_BYTES = 4 << 20  # writes this large are hashed while the kernel takes them
 
 
+class _HashThread:
+    """One thread that hashes the buffers handed to it, in order.
+
+    Not a ``concurrent.futures`` executor: those refuse new work once interpreter exit
+    has begun (their hook runs before non-daemon threads are joined), which is exactly
+    when a background save of the last epoch may still be writing.
+    """
+
+    def __init__(self, hasher: Any) -> None:
+        self._hasher = hasher
+        self._todo: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+        # A daemon: a writer that is never closed must not hold up interpreter exit.
+        self._thread = threading.Thread(target=self._run, name="candle-ckpt-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (view := self._todo.get()) is not None:
+            try:
+                self._hasher.update(view)
+            except BaseException as err:  # raised by result(), on the writer's thread
+                self._done.put(err)
+            else:
+                self._done.put(None)
+
+    def start(self, view: memoryview) -> None:
+        self._todo.put(view)
+
+    def result(self) -> None:
+        """Wait for the buffer handed to start(); raise what hashing it raised."""
+        err = self._done.get()
+        if err is not None:
+            raise err
+
+    def stop(self) -> None:
+        self._todo.put(None)
+        self._thread.join()
+
+
 class _HashingWriter(io.RawIOBase):
     """A write-only stream that checksums and counts bytes on their way to the file.
 
     A large write is hashed on a helper thread while this one is in the write system
     call (which releases the GIL), so a checksum costs little more than the write; both
     finish before ``write`` returns, so the caller's buffer is never used afterwards.
+    Where no thread can be started (interpreter exit, on some Pythons), it hashes inline.
     """
 
     def __init__(self, raw: BinaryIO, algorithm: str | None,
@@ -101,7 +141,8 @@ class _HashingWriter(io.RawIOBase):
         super().__init__()
         self._raw = raw
         self._hasher = new_hasher(algorithm, tally) if algorithm else None
-        self._helper: ThreadPoolExecutor | None = None
+        self._helper: _HashThread | None = None
+        self._inline = False  # no helper thread could be started
         self.size = 0
 
     def writable(self) -> bool:
@@ -110,14 +151,14 @@ class _HashingWriter(io.RawIOBase):
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         hasher = self._hasher
-        if hasher is not None and len(view) >= _OVERLAP_BYTES:
-            if self._helper is None:
-                self._helper = ThreadPoolExecutor(1, thread_name_prefix="candle-ckpt-hash")
-            hashed = self._helper.submit(hasher.update, view)
+        helper = self._overlap_helper() if hasher is not None and \
+            len(view) >= _OVERLAP_BYTES else None
+        if helper is not None:
+            helper.start(view)
             try:
                 self._raw.write(view)
             finally:
-                hashed.result()  # (its error, if any, too)
+                helper.result()  # (its error, if any, too)
         else:
             self._raw.write(view)
             if hasher is not None:
@@ -125,9 +166,17 @@ class _HashingWriter(io.RawIOBase):
         self.size += len(view)
         return len(view)
 
+    def _overlap_helper(self) -> _HashThread | None:
+        if self._helper is None and not self._inline:
+            try:
+                self._helper = _HashThread(self._hasher)
+            except RuntimeError:  # "can't create new thread at interpreter shutdown"
+                self._inline = True
+        return self._helper
+
     def close(self) -> None:
         if self._helper is not None:
-            self._helper.shutdown()
+            self._helper.stop()
             self._helper = None
         super().close()
 

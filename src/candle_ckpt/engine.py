@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from . import params as _params
+from . import shutdown
 from .backend import Backend, NoBackend
 from .commit import Committer, WriterLock, acquire_writer_lock
 from .coordination import Coordinator, LocalCoordinator
-from .errors import CkptParamError
+from .errors import CkptError, CkptParamError
 from .integrity import DEFAULT_ALGORITHM
 from .layout import CkptKey, Layout, recorded_metrics
 from .logs import CkptLog, check_logger, relpath
@@ -230,6 +231,8 @@ class CandleCkpt(SpecMethods):
     def __del__(self) -> None:
         try:
             self.close()
+        except CkptError as err:  # a background save failed: no caller to raise it to
+            shutdown.report(str(err))
         except Exception:  # interpreter shutdown
             pass
 

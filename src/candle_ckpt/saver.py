@@ -7,7 +7,8 @@ and a snapshot the backend captured. Everything before ``last`` is replaced can 
 never raises: a failed deletion is logged and retried after the next save.
 
 :class:`AsyncSaver` wraps a Saver and runs it on one writer thread, as Lightning's
-AsyncCheckpointIO wraps any CheckpointIO; its error surfaces at the next ``wait``.
+AsyncCheckpointIO wraps any CheckpointIO; its error surfaces at the next ``wait``
+(or, if none comes, on stderr at interpreter exit: ``shutdown.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import shutdown
 from .backend import Backend
 from .commit import Committer, FileSink
 from .coordination import Coordinator, LocalCoordinator, LostContact, StepFailed
@@ -281,13 +283,17 @@ class Saver:
 
 
 class AsyncSaver:
-    """Runs a :class:`Saver` on one writer thread; at most one save in flight."""
+    """Runs a :class:`Saver` on one writer thread; at most one save in flight.
+
+    At interpreter exit and on SIGTERM a save in flight is finished (``shutdown.py``).
+    """
 
     def __init__(self, saver: Saver) -> None:
         self.saver = saver
         self._thread: threading.Thread | None = None
         self._record: SaveRecord | None = None
         self._error: BaseException | None = None
+        shutdown.register(self)
 
     @property
     def pending(self) -> SaveRecord | None:
@@ -306,10 +312,19 @@ class AsyncSaver:
             except BaseException as err:  # reported by the next wait()
                 self._error = err
                 self.saver._warn(f"epoch {record.epoch}: background save failed: {err}")
+            finally:
+                shutdown.save_ended(thread)
 
         # Not a daemon: interpreter exit waits for the checkpoint to become durable.
-        self._thread = threading.Thread(target=write, name=f"candle-ckpt-save-{record.epoch}")
-        self._thread.start()
+        thread = threading.Thread(target=write, name=f"candle-ckpt-save-{record.epoch}")
+        shutdown.save_started(thread)
+        try:
+            thread.start()
+        except BaseException:
+            shutdown.save_ended(thread)
+            self._record = None
+            raise
+        self._thread = thread
 
     def wait(self) -> SaveRecord | None:
         """Wait for the save in flight; the committed record, None if there was none.
@@ -318,19 +333,39 @@ class AsyncSaver:
             CheckpointWriteError: the save failed (earlier checkpoints and ``last`` are
                 untouched).
         """
-        thread, record, err = self._thread, self._record, self._error
+        thread = self._thread
         if thread is None:
             return None
         thread.join()
-        err = self._error
+        shutdown.settle()  # a SIGTERM deferred for the save ends the process here
+        record, err = self._record, self._error
         self._thread, self._record, self._error = None, None, None
         if err is None:
             return record
         assert record is not None
-        if isinstance(err, CkptError):
-            raise err
-        raise CheckpointWriteError(
-            getattr(err, "errno", None) or 0,
-            f"background save of epoch {record.epoch} failed: {type(err).__name__}: {err}; "
-            "earlier checkpoints and 'last' are untouched",
-        ) from err
+        raise _failure(record, err)
+
+    def failure(self) -> str | None:
+        """The failure of the save that ended, if no wait() has raised it yet."""
+        record, err = self._record, self._error
+        return None if record is None or err is None else str(_failure(record, err))
+
+    def wait_at_exit(self) -> str | None:
+        """Wait for the save in flight; its failure, if no wait() had raised it."""
+        try:
+            self.wait()
+        except Exception as err:
+            return str(err)
+        return None
+
+
+def _failure(record: SaveRecord, err: BaseException) -> CkptError:
+    if isinstance(err, CkptError):
+        return err
+    failure = CheckpointWriteError(
+        getattr(err, "errno", None) or 0,
+        f"background save of epoch {record.epoch} failed: {type(err).__name__}: {err}; "
+        "earlier checkpoints and 'last' are untouched",
+    )
+    failure.__cause__ = err
+    return failure

@@ -244,3 +244,35 @@ def test_a_failing_large_write_waits_for_its_hash_and_raises(tmp_path, monkeypat
             monkeypatch.setattr(raw, "write", boom, raising=False)
             f.write(b"\0" * (commit._OVERLAP_BYTES * 2))
     assert "model.pt" not in sink.files
+
+
+def _write_large(tmp_path: Path) -> tuple[bytes, dict]:
+    data = os.urandom(2 * commit._OVERLAP_BYTES + 5)
+    sink = FileSink(tmp_path, "xxh3_64")
+    with sink.open("model.pt") as f:
+        f.write(data[:commit._OVERLAP_BYTES + 1])
+        f.write(data[commit._OVERLAP_BYTES + 1:])
+    return data, sink.finish()
+
+
+def test_large_writes_are_hashed_once_interpreter_exit_has_begun(tmp_path, monkeypatch):
+    """At exit concurrent.futures' executors refuse new work (their flag is set before
+    non-daemon threads are joined), while a background save may still be writing."""
+    import concurrent.futures.thread
+
+    monkeypatch.setattr(concurrent.futures.thread, "_shutdown", True)
+    data, files = _write_large(tmp_path)
+    assert (tmp_path / "model.pt").read_bytes() == data
+    assert files["model.pt"]["checksum"] == checksum_file(tmp_path / "model.pt", "xxh3_64")
+
+
+def test_large_writes_are_hashed_inline_where_no_thread_can_be_started(tmp_path, monkeypatch):
+    import threading
+
+    def refuse(self):
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    data, files = _write_large(tmp_path)
+    assert (tmp_path / "model.pt").read_bytes() == data
+    assert files["model.pt"]["checksum"] == checksum_file(tmp_path / "model.pt", "xxh3_64")

@@ -4,17 +4,19 @@ raises and nothing is undone (the best stays, deletions are retried)."""
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import signal
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import pytest
 from fshelpers import blobs, ckpts, engine, link_target, train
 
-from candle_ckpt import CheckpointWriteError, commit
+from candle_ckpt import CheckpointWriteError, commit, shutdown
 from candle_ckpt.backend import Restored, Written
 from candle_ckpt.commit import Committer, FileSink
 from candle_ckpt.layout import Layout
@@ -249,3 +251,127 @@ def test_a_forked_child_does_not_wait_for_or_repeat_the_parents_removals(
     saver.finish_deletions()
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert sorted(p.name for p in (ckpts(tmp_path) / "epochs").iterdir()) == ["002"]
+
+
+# ------------------------------------------------------- a background save at exit, SIGTERM
+@pytest.fixture
+def held(monkeypatch):
+    """Holds background saves at their first step until ``held.set()``; os.kill recorded.
+
+    SIGTERM is never really sent to the test process: ``kills`` lists what was.
+    """
+    gate = threading.Event()
+
+    def hold(step: str) -> None:
+        if step == "work-created" and threading.current_thread() is not threading.main_thread():
+            assert gate.wait(30)
+
+    kills: list[tuple[int, int]] = []
+    monkeypatch.setattr(commit, "_on_step", hold)
+    monkeypatch.setattr(os, "kill", lambda pid, sig: kills.append((pid, sig)))
+    monkeypatch.setattr(shutdown, "_pending", None)
+    monkeypatch.setattr(shutdown, "_reported", False)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    gate.kills = kills  # type: ignore[attr-defined]
+    yield gate
+    gate.set()
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_during_a_background_save_is_delivered_once_the_save_is_committed(
+        tmp_path, held):
+    e = engine(tmp_path, ckpt_async=True)
+    train(e, [1])
+    assert signal.getsignal(signal.SIGTERM) is shutdown._on_sigterm
+    signal.raise_signal(signal.SIGTERM)  # runs the handler: the save is held mid-way
+    assert held.kills == [] and not (ckpts(tmp_path) / "last").exists()
+    held.set()
+    e.wait()  # the save ends, the signal is sent again; here it terminates
+    assert link_target(ckpts(tmp_path) / "last") == "epochs/001"
+    assert (os.getpid(), signal.SIGTERM) in held.kills
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # so that the kill kills
+    e.close()
+
+
+def test_without_a_sigterm_the_default_disposition_is_back_once_the_save_is_done(
+        tmp_path, held):
+    held.set()
+    with engine(tmp_path, ckpt_async=True) as e:
+        train(e, [1])
+        e.wait()
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert held.kills == []
+
+
+def test_a_sigterm_handler_of_the_user_is_left_alone_during_a_background_save(
+        tmp_path, held):
+    received: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    with engine(tmp_path, ckpt_async=True) as e:
+        train(e, [1])
+        signal.raise_signal(signal.SIGTERM)
+        held.set()
+    assert received == [signal.SIGTERM] and held.kills == []
+    assert link_target(ckpts(tmp_path) / "last") == "epochs/001"
+
+
+def test_pre_emption_installed_over_the_deferral_keeps_its_own_meaning_of_sigterm(
+        tmp_path, held):
+    """ckpt_signals' handler chains to the one it replaced: ours must then do nothing
+    (the default disposition it stands for would not have run either)."""
+    from candle_ckpt.preempt import SignalWatch
+
+    with engine(tmp_path, ckpt_async=True) as e:
+        train(e, [1])
+        watch = SignalWatch((signal.SIGTERM,))
+        watch.install()
+        signal.raise_signal(signal.SIGTERM)
+        assert watch.received == signal.SIGTERM and shutdown._pending is None
+        watch.uninstall()
+        held.set()
+    assert held.kills == [] and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_an_engine_can_be_collected_while_its_background_save_is_in_flight(tmp_path, held):
+    e = engine(tmp_path, ckpt_async=True)
+    train(e, [1])
+    collected = weakref.ref(e)
+    held.set()
+    del e
+    gc.collect()
+    assert collected() is None
+    assert link_target(ckpts(tmp_path) / "last") == "epochs/001"
+
+
+def test_a_collected_engine_prints_the_failure_of_its_background_save_on_stderr(
+        tmp_path, held, monkeypatch, capsys):
+    held.set()
+    e = engine(tmp_path, ckpt_async=True)
+    train(e, [1])
+    e.wait()
+
+    def full(step: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device (injected)")
+
+    monkeypatch.setattr(commit, "_on_step", full)
+    e.set_model(blobs(2))
+    e.ckpt_epoch(1, "-", 0.1)
+    del e
+    gc.collect()
+    err = capsys.readouterr().err
+    assert "candle-ckpt: " in err and "epoch 2" in err and "(injected)" in err
+    assert shutdown._reported  # the exit status will be 1
+    assert link_target(ckpts(tmp_path) / "last") == "epochs/001"
+
+
+def test_a_forked_child_gets_the_default_sigterm_back_while_the_parent_saves(
+        tmp_path, held):
+    with engine(tmp_path, ckpt_async=True) as e:
+        train(e, [1])
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+                     and not shutdown._busy else 1)
+        _, status = os.waitpid(pid, 0)
+        held.set()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
