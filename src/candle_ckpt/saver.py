@@ -93,7 +93,7 @@ class Saver:
                 message = (f"saving epoch {epoch}: {err}; the checkpoint is not committed: "
                            "earlier checkpoints and 'last' are untouched")
             if coord.is_writer or isinstance(err, LostContact):
-                self._warn(message)
+                self.log.warning(message)
             raise CheckpointWriteError(getattr(err, "errno", 0), message) from None
         except OSError as err:
             self._discard_work()
@@ -210,7 +210,7 @@ class Saver:
             # unlisted earlier but not removed: retried on the remover's thread too
             self.committer.purge_deletions(background=True)
         except Exception as err:  # the checkpoint is committed: report, never undo
-            self._warn(f"epoch {record.epoch} is committed, but what follows failed: "
+            self.log.warning(f"epoch {record.epoch} is committed, but what follows failed: "
                        f"{type(err).__name__}: {err}; retried after the next save")
 
     # ------------------------------------------------------------------ keep policy
@@ -223,7 +223,7 @@ class Saver:
     def finish_deletions(self) -> None:
         """Wait for the background removal of deleted checkpoints; log what failed."""
         for failed in self.committer.remover.wait():
-            self._warn(f"{failed}; retried after the next save")
+            self.log.warning(f"{failed}; retried after the next save")
 
     def drop_superseded(self, newest: CkptKey, background: bool = False) -> None:
         """Delete this run's mid-epoch checkpoints older than ``newest`` (not protected)."""
@@ -234,7 +234,7 @@ class Saver:
             try:
                 self.committer.delete_epoch(key.epoch, key.batch, background)
             except OSError as err:
-                self._warn(f"could not delete superseded {key.name}: {err}; "
+                self.log.warning(f"could not delete superseded {key.name}: {err}; "
                            "it is tried again after the next save")
                 continue
             self.run_partials.remove(key)
@@ -268,18 +268,13 @@ class Saver:
         try:
             self.committer.delete_epoch(epoch, background=background)
         except OSError as err:
-            self._warn(f"could not delete epoch {epoch} (keep policy): {err}; "
+            self.log.warning(f"could not delete epoch {epoch} (keep policy): {err}; "
                        "it is tried again after the next save")
             return False
         if epoch in self.run_epochs:
             self.run_epochs.remove(epoch)
         return True
 
-    def _warn(self, message: str) -> None:
-        try:
-            self.log.warning(message)
-        except Exception:  # the log itself failing must not undo a commit either
-            pass
 
 
 class AsyncSaver:
@@ -288,8 +283,9 @@ class AsyncSaver:
     At interpreter exit and on SIGTERM a save in flight is finished (``shutdown.py``).
     """
 
-    def __init__(self, saver: Saver) -> None:
+    def __init__(self, saver: Saver, log: CkptLog) -> None:
         self.saver = saver
+        self.log = log
         self._thread: threading.Thread | None = None
         self._record: SaveRecord | None = None
         self._error: BaseException | None = None
@@ -311,7 +307,7 @@ class AsyncSaver:
                 self.saver.save(record, snapshot)
             except BaseException as err:  # reported by the next wait()
                 self._error = err
-                self.saver._warn(f"epoch {record.epoch}: background save failed: {err}")
+                self.log.warning(f"epoch {record.epoch}: background save failed: {err}")
             finally:
                 shutdown.save_ended(thread)
 
