@@ -206,3 +206,30 @@ def relpath(p: Any) -> Path:
         return p.relative_to(os.path.abspath(os.getcwd()))
     except (ValueError, OSError):
         return p
+
+
+def start_report(settings: Any, direction: Any, backend: str, preemption: str) -> list[str]:
+    """The lines that open a run in the log: where, how, and what may stop it."""
+    s = settings
+    source = getattr(s, "directory_source", None)
+    lines = [
+        f"checkpointing into {relpath(s.directory)}"
+        + (f" ({source})" if source else "")
+        + f": restart_mode={s.restart_mode} save_best={s.save_best} "
+        f"metric={s.save_best_metric!r} ({direction.mode}; {direction.reason}) "
+        f"interval={s.save_interval} skip={s.skip_epochs} keep={s.keep_mode}/"
+        f"{s.keep_limit} checksum={s.checksum} backend={backend}",
+        preemption,
+    ]
+    if s.save_interval == 0:
+        lines.append("ckpt_save_interval=0: no checkpoint is saved in this run (no interval, "
+                     "best or final-epoch checkpoints); restart still reads existing ones")
+    return lines
+
+
+def end_report(epochs: list[int], epoch_best: int | None, metric: str, best: float | None,
+               time_saving: float) -> str:
+    """The line that closes a run: what it saved, its best, the time spent saving."""
+    return (f"checkpoints written this run: {len(epochs)}"
+            f" (epochs {', '.join(map(str, epochs)) or 'none'}); best epoch "
+            f"{epoch_best} {metric}={best}; time saving {time_saving:.3f}s")

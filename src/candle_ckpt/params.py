@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -430,3 +431,43 @@ def ckpt_defs(defs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry["choices"] = list(d.allowed)
         new_defs.append(entry)
     return list(defs) + new_defs
+
+
+# ---------------------------------------------------------------------------------------
+# Arguments of the engine's calls
+
+def make_root(d: Path, source: str) -> None:
+    """Create the checkpoint root, or CkptParamError naming the parameter it came from."""
+    key = "output_dir" if source.startswith("output_dir") else "ckpt_directory"
+    if d.exists() and not d.is_dir():
+        raise CkptParamError(f"parameter {key!r}: value {str(d)!r} is a file; "
+                             "give a directory (it is created if missing)")
+    probe = d if d.exists() else next((p for p in d.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise CkptParamError(
+            f"parameter {key!r}: value {str(d)!r} is not writable "
+            f"({str(probe)!r} denies write access); give a writable directory")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CkptParamError(
+            f"parameter {key!r}: value {str(d)!r} cannot be created: {err}") from err
+
+
+def direction_arg(direction: Any) -> str:
+    if direction not in ("+", "-"):
+        raise CkptParamError(f"direction: value {direction!r} is not allowed; accepted: '+', '-'")
+    return str(direction)
+
+
+def epoch_arg(epoch: Any, name: str = "epoch") -> int:
+    """A 0-based epoch (or batch) index argument, as an int, or a clear error."""
+    if isinstance(epoch, bool) or not hasattr(epoch, "__index__") and not (
+            isinstance(epoch, float) and epoch.is_integer()):
+        raise CkptParamError(f"{name}: value {epoch!r} is not accepted; pass a 0-based "
+                             f"{name} index (an int >= 0)")
+    value = int(epoch)
+    if value < 0:
+        raise CkptParamError(f"{name}: value {value} is negative; pass a 0-based {name} "
+                             "index (an int >= 0)")
+    return value

@@ -170,16 +170,36 @@ def requeue(log: Callable[[str], None]) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class PreemptPlan:
+    """The pre-emption hyperparameters, parsed and checked (before anything is written)."""
+
+    signals: tuple[signal.Signals, ...]
+    end: float | None
+    end_source: str
+    margin: float
+    interval: float
+    requeue: str
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> PreemptPlan:
+        """Raises: CkptParamError naming ckpt_signals or ckpt_walltime_end."""
+        end, end_source = parse_walltime_end(settings.walltime_end)
+        return cls(parse_signals(settings.signals), end, end_source,
+                   float(settings.walltime_margin), float(settings.save_interval_seconds),
+                   settings.requeue)
+
+
 class Preemption:
     """When to save mid-epoch: a stop signal, the wall-clock limit, or a time interval."""
 
-    def __init__(self, settings: Any, log: Any = None) -> None:
-        self.log = log  # the engine's CkptLog, set once the directory exists
-        self.watch = SignalWatch(parse_signals(settings.signals))
-        self.end, self.end_source = parse_walltime_end(settings.walltime_end)
-        self.margin = float(settings.walltime_margin)
-        self.interval = float(settings.save_interval_seconds)
-        self.requeue_mode = settings.requeue
+    def __init__(self, plan: PreemptPlan, log: Any) -> None:
+        self.log = log
+        self.watch = SignalWatch(plan.signals)
+        self.end, self.end_source = plan.end, plan.end_source
+        self.margin = plan.margin
+        self.interval = plan.interval
+        self.requeue_mode = plan.requeue
         self.last_save = monotonic()
         self.stop_requested = False
 

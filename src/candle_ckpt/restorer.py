@@ -13,10 +13,12 @@ before anything live changes. Two kinds of failure are kept apart:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .backend import Backend
+from .backend import Backend, Restored
+from .coordination import Coordinator, LocalCoordinator
 from .errors import (
     CheckpointCorruptError,
     CheckpointMismatchError,
@@ -62,7 +64,9 @@ class RestartResult:
 class Restorer:
     """Restarts one ckpt_directory (either layout) into a backend's live objects."""
 
-    def __init__(self, root: Path, mode: str, check_checksums: bool, log: CkptLog) -> None:
+    def __init__(self, root: Path, mode: str, check_checksums: bool, log: CkptLog,
+                 coord: Coordinator | None = None) -> None:
+        self.coord = coord if coord is not None else LocalCoordinator()
         self.root = root
         self.mode = mode
         self.check_checksums = check_checksums
@@ -108,6 +112,12 @@ class Restorer:
     def restart(self, backend: Backend, verbose: bool = True) -> RestartResult | None:
         """Load the newest valid checkpoint into ``backend``'s live objects.
 
+        One process or many, the same steps: rank 0 resolves ``last`` and checks each
+        candidate's files, sizes and checksums (every rank's files are in its manifest);
+        then every rank checks its share against its live objects; only when all can is
+        it applied, on every rank. Damage on any rank skips the checkpoint on all of them
+        (falling back to an older one); an error is raised on every rank alike.
+
         Returns None (mode "auto") when there is nothing to restart from.
 
         Raises:
@@ -115,28 +125,64 @@ class Restorer:
             CheckpointCorruptError: ``last`` escapes the tree or is not a link.
             CheckpointMismatchError: the checkpoint does not fit the model/optimizer.
         """
-        where = self.locate()
+        coord = self.coord
+        where, candidates = coord.on_writer(self._plan)
         skipped: list[dict[str, Any]] = []
-        if where.layout is None or where.epoch is None:
-            self._none_usable(where.why, skipped)
-            return None
-        layout = where.layout
-        for key in self.candidates(where):
+        for key in candidates:
+            layout = where.layout
+            assert layout is not None
             directory = layout.epoch_dir(key.epoch, key.batch)
-            outcome = self._try(layout, key, backend)
-            if isinstance(outcome, str):
-                skipped.append({"epoch": key.epoch, "batch": key.batch, "path": str(directory),
-                                "reason": outcome})
-                self.log.warning(f"skipping {directory}: {outcome}")
+            checked = coord.on_writer(partial(self.check, layout, key))
+            if isinstance(checked, str):
+                self._skip(skipped, key, directory, checked)
                 continue
-            info, best = outcome
+            info, best = checked
+            restored, outcome = self._load(backend, directory, info, coord)
+            outcomes = coord.all_gather(outcome)
+            stop = next((o[1] for o in outcomes if o is not None and o[0] == "stop"), None)
+            if stop is not None:
+                raise stop  # incompatible or misused: nothing was changed, on any rank
+            damaged = [o[1] for o in outcomes if o is not None]
+            if damaged:
+                self._skip(skipped, key, directory, "; ".join(damaged))
+                continue
+            assert restored is not None
+            for note in restored.notes:
+                self.log.info(note)
+            for note in restored.apply():
+                self.log.warning(note)
             self.log.restarting_from_epoch(key.epoch)  # J["epoch"]: the initial_epoch
             if verbose:
+                ranks = coord.describe()
                 self.log.info(f"restarted from {relpath(directory)} ({where_in(key)}; "
-                              f"best={best.value} at epoch {best.epoch})")
+                              + (f"{ranks}; " if ranks else "")
+                              + f"best={best.value} at epoch {best.epoch})")
             return restart_result(info, key, directory, best, skipped)
-        self._none_usable("every checkpoint failed validation", skipped)
+        why = where.why if not candidates else "every checkpoint failed validation"
+        coord.on_writer(lambda: self._none_usable(why, skipped))
         return None
+
+    def _plan(self) -> tuple[Located, list[CkptKey]]:
+        where = self.locate()
+        return where, self.candidates(where)
+
+    def _skip(self, skipped: list[dict[str, Any]], key: CkptKey, directory: Path,
+              why: str) -> None:
+        skipped.append({"epoch": key.epoch, "batch": key.batch, "path": str(directory),
+                        "reason": why})
+        self.log.warning(f"skipping {directory}: {why}")
+
+    @staticmethod
+    def _load(backend: Backend, directory: Path, info: dict[str, Any], coord: Coordinator
+              ) -> tuple[Restored | None, tuple[str, Any] | None]:
+        """This process's check of its share: (ready to apply, None) or (None, why not)."""
+        try:
+            return backend.load(directory, info), None
+        except (CheckpointMismatchError, CkptParamError) as err:
+            return None, ("stop", err)  # incompatible or misused: every rank stops
+        except Exception as err:  # a framework refusing the file is damage to us
+            return None, ("damaged", coord.blame(f"loading failed: {type(err).__name__}: "
+                                                 f"{err}"))
 
     def candidates(self, where: Located) -> list[CkptKey]:
         """The checkpoints to try, in order: the one ``last`` names, then older complete ones."""
@@ -164,31 +210,8 @@ class Restorer:
             self.log.warning(f"{directory} was written without checksums; verified sizes only")
         return info, _best_of(layout, info, record)
 
-    def _try(self, layout: Layout, key: CkptKey,
-             backend: Backend) -> str | tuple[dict[str, Any], BestSoFar]:
-        """Check one checkpoint whole, then apply it; why it was skipped otherwise."""
-        directory = layout.epoch_dir(key.epoch, key.batch)
-        checked = self.check(layout, key)
-        if isinstance(checked, str):
-            return checked
-        info, best = checked
-        try:
-            restored = backend.load(directory, info)
-        except (CheckpointMismatchError, CkptParamError):
-            raise  # incompatible or misused: stop, nothing was changed
-        except Exception as err:  # a framework refusing the file is damage to us
-            return f"loading failed: {type(err).__name__}: {err}"
-        for note in restored.notes:
-            self.log.info(note)
-        for note in restored.apply():
-            self.log.warning(note)
-        return info, best
-
-    def none_usable(self, why: str, skipped: list[dict[str, Any]]) -> None:
-        """Nothing to restart from: log what exists; raise under mode "required"."""
-        self._none_usable(why, skipped)
-
     def _none_usable(self, why: str, skipped: list[dict[str, Any]]) -> None:
+        """Nothing to restart from: log what exists; raise under mode "required"."""
         root = self.root
         complete = sorted(set(Layout.ours(root).complete_epochs())
                           | set(Layout.flat(root).complete_epochs()))

@@ -13,6 +13,7 @@ AsyncCheckpointIO wraps any CheckpointIO; its error surfaces at the next ``wait`
 
 from __future__ import annotations
 
+import errno
 import shutil
 import threading
 import time
@@ -23,6 +24,7 @@ from typing import Any
 from . import shutdown
 from .backend import Backend
 from .commit import Committer, FileSink
+from .coordination import Coordinator, LocalCoordinator, LostContact, StepFailed
 from .errors import CheckpointWriteError, CkptError
 from .integrity import ChecksumTally
 from .layout import INFO_FILE, CkptKey, Layout
@@ -40,10 +42,15 @@ class KeepRule:
 
 
 class Saver:
-    """Writes and commits checkpoints into one layout; keeps this run's within the policy."""
+    """Writes and commits checkpoints into one layout; keeps this run's within the policy.
+
+    One process or many, the same steps (``save``); only rank 0 touches the tree beyond
+    its own files in work/, and only rank 0 applies the keep policy.
+    """
 
     def __init__(self, layout: Layout, committer: Committer, backend: Backend, log: CkptLog,
-                 keep: KeepRule) -> None:
+                 keep: KeepRule, coord: Coordinator | None = None) -> None:
+        self.coord = coord if coord is not None else LocalCoordinator()
         self.layout = layout
         self.committer = committer
         self.backend = backend
@@ -57,18 +64,96 @@ class Saver:
     # ------------------------------------------------------------------ writing
     def write_work(self, work: Path, record: SaveRecord, snapshot: Any) -> dict[str, Any]:
         """The backend's files, then ckpt-info.json (fsynced) last; returns the info."""
+        return self._write_info(work, record, [self._write_files(work, record, snapshot)])
+
+    def save(self, record: SaveRecord, snapshot: Any) -> Path:
+        """Write, commit and point ``last`` (and ``best``) at the record's epoch.
+
+        The steps, every rank together (see coordination.py): rank 0 creates work/;
+        every rank writes its files into it; rank 0 writes ckpt-info.json naming them
+        all, renames work/ to epochs/NNN, points best and then last (the commit point).
+
+        Raises:
+            CheckpointWriteError: anything failed before the commit point, on any rank
+                (every rank raises); ``last`` and every earlier checkpoint are untouched.
+        """
+        coord, epoch, work = self.coord, record.epoch, self.layout.work
+        start = time.perf_counter()
+        try:
+            coord.step(f"creating {work}", self._new_work, writer_only=True, pending=snapshot)
+            outcomes = coord.step(f"writing its files into {work}",
+                                  lambda: self._write_files(work, record, snapshot))
+            coord.step("committing", lambda: self._commit(record, outcomes), writer_only=True)
+        except (StepFailed, LostContact) as err:
+            self._discard_work()
+            if isinstance(err, StepFailed):
+                message = (f"saving epoch {epoch} failed on {err.message}; no rank committed "
+                           "it: earlier checkpoints and 'last' are untouched")
+            else:
+                message = (f"saving epoch {epoch}: {err}; the checkpoint is not committed: "
+                           "earlier checkpoints and 'last' are untouched")
+            if coord.is_writer or isinstance(err, LostContact):
+                self.log.warning(message)
+            raise CheckpointWriteError(getattr(err, "errno", 0), message) from None
+        except OSError as err:
+            self._discard_work()
+            if isinstance(err, CkptError):
+                raise
+            raise CheckpointWriteError(
+                err.errno,
+                f"saving epoch {epoch} into {work} failed: {err.strerror or err}; "
+                "earlier checkpoints and 'last' are untouched",
+                err.filename,
+            ) from err
+        except BaseException:
+            self._discard_work()
+            raise
+        directory = self.layout.epoch_dir(epoch, record.batch)
+        elapsed = time.perf_counter() - start
+        if coord.is_writer:
+            self._committed(record, directory, elapsed)
+        else:
+            self.time_saving += elapsed
+        return directory
+
+    def _new_work(self) -> None:
+        self.finish_deletions()  # the space of the last save's deletions is free first
+        self.committer.new_work()
+
+    def _discard_work(self) -> None:
+        if self.coord.is_writer:
+            shutil.rmtree(self.layout.work, ignore_errors=True)
+
+    def _write_files(self, work: Path, record: SaveRecord, snapshot: Any) -> dict[str, Any]:
+        """This process's files of the checkpoint, written and fsynced: their manifest."""
         tally = ChecksumTally()
         sink = FileSink(work, record.checksum_algorithm, tally)
         start = time.perf_counter()
         written = self.backend.write(snapshot, sink)
         files = sink.finish()
-        seconds = time.perf_counter() - start
+        return {"written": written, "files": files, "tally": tally,
+                "seconds": time.perf_counter() - start}
+
+    def _write_info(self, work: Path, record: SaveRecord,
+                    outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+        """ckpt-info.json naming every process's files, written last and fsynced."""
+        files: dict[str, Any] = {}
+        for rank, outcome in enumerate(outcomes):
+            clash = set(files) & set(outcome["files"])
+            if clash:
+                raise CheckpointWriteError(
+                    errno.EEXIST, f"rank {rank} wrote {sorted(clash)}, which another rank "
+                    "wrote too; each rank must write files of its own")
+            files.update(outcome["files"])
+        written = outcomes[0]["written"]
         if written.model_file not in files:
             raise CheckpointWriteError(
                 0, f"backend reported model file {written.model_file!r} that it did not write"
             )
-        self.report_written(files, seconds, tally)
-        info = to_info(record, written, files)
+        # The ranks wrote side by side: all their bytes, in the time of the slowest.
+        self.report_written(files, max(o["seconds"] for o in outcomes),
+                            ChecksumTally.parallel(o["tally"] for o in outcomes))
+        info = to_info(record, written, dict(sorted(files.items())))
         self.committer.write_info(work / INFO_FILE, info)
         return info
 
@@ -83,39 +168,13 @@ class Saver:
         if tally.files:
             self.log.checksummed(tally.nbytes, tally.seconds)
 
-    def save(self, record: SaveRecord, snapshot: Any) -> Path:
-        """Write, commit and point ``last`` (and ``best``) at the record's epoch.
-
-        Raises:
-            CheckpointWriteError: anything failed before the commit point; ``last`` and
-                every earlier checkpoint are untouched.
-        """
-        self.finish_deletions()  # the space of the last save's deletions is free first
-        start = time.perf_counter()
-        epoch = record.epoch
-        work = self.layout.work
-        try:
-            self.committer.new_work()
-            self.write_work(work, record, snapshot)
-            directory = self.committer.publish(epoch, work, record.batch)
-            if not record.batch:
-                self._point_best(record)
-            self.committer.point("last", epoch, record.batch)  # the commit point
-        except OSError as err:
-            shutil.rmtree(work, ignore_errors=True)
-            if isinstance(err, CkptError):
-                raise
-            raise CheckpointWriteError(
-                err.errno,
-                f"saving epoch {epoch} into {work} failed: {err.strerror or err}; "
-                "earlier checkpoints and 'last' are untouched",
-                err.filename,
-            ) from err
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-        self._committed(record, directory, time.perf_counter() - start)
-        return directory
+    def _commit(self, record: SaveRecord, outcomes: list[dict[str, Any]]) -> None:
+        """Rank 0: ckpt-info.json, rename to epochs/NNN, best, then last (the commit point)."""
+        self._write_info(self.layout.work, record, outcomes)
+        self.committer.publish(record.epoch, self.layout.work, record.batch)
+        if not record.batch:  # a mid-epoch checkpoint is never the best
+            self._point_best(record)
+        self.committer.point("last", record.epoch, record.batch)  # the commit point
 
     def _point_best(self, record: SaveRecord) -> None:
         if record.is_best:
@@ -151,7 +210,7 @@ class Saver:
             # unlisted earlier but not removed: retried on the remover's thread too
             self.committer.purge_deletions(background=True)
         except Exception as err:  # the checkpoint is committed: report, never undo
-            self._warn(f"epoch {record.epoch} is committed, but what follows failed: "
+            self.log.warning(f"epoch {record.epoch} is committed, but what follows failed: "
                        f"{type(err).__name__}: {err}; retried after the next save")
 
     # ------------------------------------------------------------------ keep policy
@@ -164,7 +223,7 @@ class Saver:
     def finish_deletions(self) -> None:
         """Wait for the background removal of deleted checkpoints; log what failed."""
         for failed in self.committer.remover.wait():
-            self._warn(f"{failed}; retried after the next save")
+            self.log.warning(f"{failed}; retried after the next save")
 
     def drop_superseded(self, newest: CkptKey, background: bool = False) -> None:
         """Delete this run's mid-epoch checkpoints older than ``newest`` (not protected)."""
@@ -175,7 +234,7 @@ class Saver:
             try:
                 self.committer.delete_epoch(key.epoch, key.batch, background)
             except OSError as err:
-                self._warn(f"could not delete superseded {key.name}: {err}; "
+                self.log.warning(f"could not delete superseded {key.name}: {err}; "
                            "it is tried again after the next save")
                 continue
             self.run_partials.remove(key)
@@ -209,18 +268,13 @@ class Saver:
         try:
             self.committer.delete_epoch(epoch, background=background)
         except OSError as err:
-            self._warn(f"could not delete epoch {epoch} (keep policy): {err}; "
+            self.log.warning(f"could not delete epoch {epoch} (keep policy): {err}; "
                        "it is tried again after the next save")
             return False
         if epoch in self.run_epochs:
             self.run_epochs.remove(epoch)
         return True
 
-    def _warn(self, message: str) -> None:
-        try:
-            self.log.warning(message)
-        except Exception:  # the log itself failing must not undo a commit either
-            pass
 
 
 class AsyncSaver:
@@ -229,8 +283,9 @@ class AsyncSaver:
     At interpreter exit and on SIGTERM a save in flight is finished (``shutdown.py``).
     """
 
-    def __init__(self, saver: Saver) -> None:
+    def __init__(self, saver: Saver, log: CkptLog) -> None:
         self.saver = saver
+        self.log = log
         self._thread: threading.Thread | None = None
         self._record: SaveRecord | None = None
         self._error: BaseException | None = None
@@ -252,7 +307,7 @@ class AsyncSaver:
                 self.saver.save(record, snapshot)
             except BaseException as err:  # reported by the next wait()
                 self._error = err
-                self.saver._warn(f"epoch {record.epoch}: background save failed: {err}")
+                self.log.warning(f"epoch {record.epoch}: background save failed: {err}")
             finally:
                 shutdown.save_ended(thread)
 

@@ -18,8 +18,8 @@ from .integrity import DEFAULT_ALGORITHM, DISABLED, ChecksumTally, checksum_file
 from .layout import INFO_FILE, Layout, read_info_file
 from .logs import CkptLog, relpath
 from .params import ParamType
-from .policy import BestTracker
-from .record import SaveRecord, Written, as_metric, to_info
+from .planner import Planner
+from .record import Written, as_metric, to_info
 from .saver import Saver
 
 
@@ -34,14 +34,12 @@ class SpecMethods:
     backend: Backend
     _log: CkptLog
     _saver: Saver
-    _best: BestTracker
+    _plan: Planner
 
     if TYPE_CHECKING:  # provided by CandleCkpt
         @property
         def epoch_best(self) -> int | None: ...
 
-        def _record(self, epoch: int, metric: float | None, is_best: bool,
-                    best: BestTracker, batch: int = 0, reason: str = "") -> SaveRecord: ...
 
     def param(self, key: str, dflt: Any, type_: ParamType = ParamType.STRING,
               allowed: Any = None) -> Any:
@@ -85,7 +83,7 @@ class SpecMethods:
     def write_model(self, dir_work: Any, epoch: int, snapshot: Any = None,
                     metric_value: float | None = None) -> dict[str, Any]:
         """Do the I/O into ``dir_work``: the backend's files, then ckpt-info.json last."""
-        record = self._record(int(epoch), _metric(metric_value), False, self._best)
+        record = self._plan.record(int(epoch), _metric(metric_value), False, self._plan.best)
         if snapshot is None:
             snapshot = self.backend.capture(live=True)
         return self._saver.write_work(Path(dir_work), record, snapshot)
@@ -94,7 +92,7 @@ class SpecMethods:
                    files: dict[str, Any] | None = None,
                    metric_value: float | None = None) -> dict[str, Any]:
         """Write the strict ckpt-info.json of a checkpoint (fsynced)."""
-        record = self._record(int(epoch), _metric(metric_value), False, self._best)
+        record = self._plan.record(int(epoch), _metric(metric_value), False, self._plan.best)
         info = to_info(record, Written(model_file or "", {}), files or {})
         self.committer.write_info(Path(jsonfile), info)
         return info

@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import candle_ckpt as candle  # noqa: E402
-from candle_ckpt.distributed import reduce_metric  # noqa: E402
+from candle_ckpt.coordination import reduce_metric  # noqa: E402
 
 TRAINER = Path(__file__).with_name("ddp_trainer.py")
 SRC = Path(__file__).resolve().parents[2] / "src"

@@ -225,7 +225,8 @@ def test_the_save_is_logged_with_best_and_reason(tmp_path, caplog):
 
 
 def test_async_saver_commits_in_the_background_and_reports_at_wait(tmp_path):
-    a = AsyncSaver(make(tmp_path))
+    saver = make(tmp_path)
+    a = AsyncSaver(saver, saver.log)
     assert a.wait() is None and a.pending is None
     rec = record(1)
     a.submit(rec, a.saver.backend.capture(False))

@@ -103,7 +103,7 @@ def test_a_failing_deletion_after_the_commit_point_is_logged_and_retried(tmp_pat
 
 def test_async_saver_reports_the_error_at_wait_and_commits_nothing(tmp_path):
     saver = make_saver(tmp_path, FaultyBackend(errno.ENOSPC))
-    wrapper = AsyncSaver(saver)
+    wrapper = AsyncSaver(saver, saver.log)
     wrapper.submit(make_record(1), saver.backend.capture(False))
     assert wrapper.pending is not None and wrapper.pending.epoch == 1
     with pytest.raises(CheckpointWriteError, match="epoch 1"):

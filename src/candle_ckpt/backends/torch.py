@@ -36,7 +36,7 @@ from torch import nn
 
 from ..backend import Restored, Written
 from ..commit import FileSink
-from ..distributed import Coordinator, rank_file
+from ..coordination import Coordinator, LocalCoordinator, TorchCoordinator
 from ..engine import CandleCkpt
 from ..errors import CheckpointMismatchError, CkptParamError, CkptParamTypeError
 from ..integrity import safe_member
@@ -113,7 +113,7 @@ class TorchBackend:
         self.log = log
         # Multi-process: rank 0 writes the (replicated) model once, every rank its RNGs;
         # sharded (DTensor) model/optimizer state goes through DCP on every rank.
-        self.coord = coord
+        self.coord = coord if coord is not None else LocalCoordinator()
         self.sharded = False
         self.model: dict[str, Any] | None = None  # the dict given to set_model (as the spec)
         self.entries: list[_Entry] = []
@@ -165,7 +165,7 @@ class TorchBackend:
         self.model = dict(model)
         self.entries = entries
         self.sharded = torch_dcp.is_sharded(unwrap_module(model["model"]))
-        if self.sharded and self.coord is None:
+        if self.sharded and not isinstance(self.coord, TorchCoordinator):
             raise CkptParamError(
                 "set_model: the model's state is sharded (DTensor), but no torch.distributed "
                 "process group was initialized when the engine was constructed; call "
@@ -211,7 +211,7 @@ class TorchBackend:
         if self.sharded:
             sharded = torch_dcp.capture(unwrap_module(objects["model"]), objects["optimizer"],
                                         copy_=not live)
-        if self.coord is not None and not self.coord.is_writer:
+        if not self.coord.is_writer:
             rng_only = capture_rng()  # the replicated state is rank 0's to write
             return TorchSnapshot({"rng": rng_only}, [], sorted(rng_only), sharded)
         local = [e for e in self.entries if not (self.sharded and e.key in _REQUIRED)]
@@ -249,13 +249,13 @@ class TorchBackend:
         coord = self.coord
         shards: list[str] = []
         if snapshot.sharded is not None:
-            assert coord is not None  # set_model refuses sharded state without a group
+            assert isinstance(coord, TorchCoordinator)  # set_model refuses it without one
             # First: DCP's save is a collective; no rank may fail before it alone.
             shards = torch_dcp.save(snapshot.sharded, sink.directory, coord.group,
                                     coord.is_writer)
             for shard in shards:
                 sink.adopt(shard)  # fsynced (again) and checksummed by finish()
-        if coord is not None:
+        if coord.multi_process:
             name = write_rank_rng(sink, coord, snapshot.payload["rng"])
             if not coord.is_writer:
                 return Written(name, {})
@@ -267,7 +267,7 @@ class TorchBackend:
             "rng_states": snapshot.rng_states,
             "optimizer_type": snapshot.payload.get("optimizer_type"),
         }
-        if coord is not None:
+        if coord.multi_process:
             info["world_size"] = coord.world_size
             info["rank_rng_files"] = [rank_file("rng", r) for r in range(coord.world_size)]
         if snapshot.sharded is not None:
@@ -282,7 +282,7 @@ class TorchBackend:
         """Allocate (and fault in) the capture buffers now, so that the first background
         save's capture is a plain copy like every later one, not an allocation too."""
         self.require_model("set_model")
-        if self.coord is not None and not self.coord.is_writer:
+        if not self.coord.is_writer:
             return  # its captures hold only its RNG states
         copies = _Copies()
         self.buffers = {e.key: copies.copy(_entry_state(e), e.key, self.buffers.get(e.key))
@@ -313,7 +313,7 @@ class TorchBackend:
         sharded = None
         notes: list[str] = []
         if self.sharded:
-            assert self.coord is not None
+            assert isinstance(self.coord, TorchCoordinator)
             # First: DCP's load is a collective (and reshards to this world size).
             sharded = torch_dcp.plan_load(directory, unwrap_module(objects["model"]),
                                           objects["optimizer"], self.coord.group)
@@ -424,11 +424,11 @@ class CandleCkptPyTorch(CandleCkpt):
         self._pending_epoch: tuple[int, float | None] | None = None
 
     def _new_backend(self) -> TorchBackend:
-        return TorchBackend(self._log, self._dist)
+        return TorchBackend(self._log, self._coord)
 
-    def _new_coordinator(self) -> Coordinator | None:
+    def _new_coordinator(self) -> Coordinator:
         """Under an initialized torch.distributed process group: one engine per rank."""
-        return Coordinator.from_torch()
+        return TorchCoordinator.from_torch() or LocalCoordinator()
 
     @property
     def model(self) -> dict[str, Any] | None:
@@ -1005,7 +1005,7 @@ def write_rank_rng(sink: FileSink, coord: Coordinator, rng: dict[str, Any]) -> s
 
 
 def load_rank_rng(directory: Path, info: dict[str, Any],
-                  coord: Coordinator | None) -> dict[str, Any] | None:
+                  coord: Coordinator) -> dict[str, Any] | None:
     """This rank's saved RNG states (checked, not set); None: use the model file's.
 
     Raises:
@@ -1014,7 +1014,7 @@ def load_rank_rng(directory: Path, info: dict[str, Any],
         ValueError: the rank's file is damaged.
     """
     saved = info.get("world_size", 1)
-    world = coord.world_size if coord is not None else 1
+    world = coord.world_size
     if isinstance(saved, bool) or not isinstance(saved, int) or saved < 1:
         raise ValueError(f"ckpt-info.json: world_size {saved!r} is not a positive integer")
     if saved != world:
@@ -1024,7 +1024,7 @@ def load_rank_rng(directory: Path, info: dict[str, Any],
             f"mapped onto another number of ranks: restart with {saved} rank(s), or use "
             "another ckpt_directory (or ckpt_restart_mode='off') to start afresh"
         )
-    if coord is None or "rank_rng_files" not in info:
+    if not coord.multi_process or "rank_rng_files" not in info:
         return None  # a single-process checkpoint: its model file holds rank 0's RNGs
     name = rank_file("rng", coord.rank)
     payload = _load_regular(directory / name)
@@ -1109,3 +1109,8 @@ def restore_rng(rng: dict[str, Any]) -> list[str]:
     if "python" in rng:
         random.setstate(_tuples(rng["python"]))
     return problems
+
+
+def rank_file(kind: str, rank: int) -> str:
+    """The name of a rank's own file in a checkpoint, e.g. ``rng-rank-00001.pt``."""
+    return f"{kind}-rank-{rank:05d}.pt"
