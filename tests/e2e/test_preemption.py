@@ -91,7 +91,10 @@ def test_a_signal_mid_epoch_saves_at_the_next_batch_and_the_restart_resumes_ther
     if framework == "torch":
         assert info["batch"] == 4
     else:
-        assert info["batch"] == 3  # Keras: our callback runs after the handshake callback
+        # Keras: our callback runs after the handshake callback, so the signal is seen at
+        # batch 3, or at 4 when it reaches the process only after that callback (a loaded
+        # machine); either way nothing trained before the stop is lost (checked below).
+        assert info["batch"] in (3, 4)
     assert result["weights"] == trained["weights"]  # nothing trained before the stop lost
 
 
