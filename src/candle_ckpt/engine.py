@@ -3,7 +3,7 @@
 ``params`` validates the hyperparameters, ``policy`` decides (save? best? keep?), a
 ``Saver`` (``AsyncSaver`` with ``ckpt_async``) writes and commits a frozen
 ``SaveRecord``, a ``Restorer`` finds, validates and loads, and a backend (the protocol
-in ``backend.py``) captures, writes and loads the framework's state. Every method name
+in ``backends/base.py``) captures, writes and loads the framework's state. Every method name
 of the spec is here, each delegating; the engine never calls its own overridable spec
 methods, so a user subclass overriding one cannot change how saving works.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from . import params as _params
 from . import shutdown
-from .backend import Backend, NoBackend
+from .backends.base import Backend, NoBackend, Progress
 from .calls import is_params, restart_call
 from .commit import Committer, WriterLock, acquire_writer_lock
 from .coordination import Coordinator, LocalCoordinator
@@ -279,22 +279,24 @@ class CandleCkpt(SpecMethods):
                                     self.settings.distributed_metric)
         if record is None:
             return False
-        self._start_save(record)
+        self._start_save(record, Progress(epoch_now, metric))
         return True
 
-    def _start_save(self, record: SaveRecord, durable: bool = False) -> None:
+    def _start_save(self, record: SaveRecord, progress: Progress,
+                    durable: bool = False) -> None:
         """Save a record: in the background with ckpt_async, unless ``durable`` is needed."""
         self._preempt.saved()
         if self._async is not None and not durable:
-            self._async.submit(record, self._capture(live=False))
+            self._async.submit(record, self._capture(False, progress))
         else:
-            self._saver.save(record, self._capture(live=True))
+            self._saver.save(record, self._capture(True, progress))
             self._plan.adopt(record)
 
-    def _capture(self, live: bool) -> Any:
+    def _capture(self, live: bool, progress: Progress) -> Any:
         """The backend's snapshot; multi-process, a failure travels to the collective save
         (every rank must reach it, or the others would wait there forever)."""
-        return self._coord.attempt("capturing its state", lambda: self.backend.capture(live))
+        return self._coord.attempt("capturing its state",
+                                   lambda: self.backend.capture(live, progress))
 
     def ckpt_batch(self, epoch: int, batch: int) -> bool:
         """Call after each optimizer step: saves mid-epoch when a stop or a time save is due.
@@ -317,7 +319,7 @@ class CandleCkpt(SpecMethods):
         reason = due.reason if due is not None else (
             f"ckpt_save_interval_seconds={self._preempt.interval:g}")
         record = self._plan.mid_epoch(epoch_done, batches, reason)
-        self._start_save(record, durable=due is not None)
+        self._start_save(record, Progress(epoch_done), durable=due is not None)
         if due is None:
             return False
         self._preempt.stop_requested = True

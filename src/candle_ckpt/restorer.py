@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .backend import Backend, Restored
+from .backends.base import Backend, Restored
 from .coordination import Coordinator, LocalCoordinator
 from .errors import (
     CheckpointCorruptError,

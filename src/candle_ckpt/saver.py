@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import shutdown
-from .backend import Backend
+from .backends.base import Backend
 from .commit import Committer, FileSink
 from .coordination import Coordinator, LocalCoordinator, LostContact, StepFailed
 from .errors import CheckpointWriteError, CkptError

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import params as _params
-from .backend import Backend
+from .backends.base import Backend, Progress
 from .commit import Committer
 from .integrity import DEFAULT_ALGORITHM, DISABLED, ChecksumTally, checksum_file
 from .layout import INFO_FILE, Layout, read_info_file
@@ -85,7 +85,7 @@ class SpecMethods:
         """Do the I/O into ``dir_work``: the backend's files, then ckpt-info.json last."""
         record = self._plan.record(int(epoch), _metric(metric_value), False, self._plan.best)
         if snapshot is None:
-            snapshot = self.backend.capture(live=True)
+            snapshot = self.backend.capture(True, Progress(record.epoch, record.metric_value))
         return self._saver.write_work(Path(dir_work), record, snapshot)
 
     def write_json(self, jsonfile: Any, epoch: int, model_file: str | None = None,

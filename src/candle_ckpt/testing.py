@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .backend import Restored, Written
+from .backends.base import UNKNOWN_PROGRESS, Progress, Restored, Written
 from .commit import FileSink
 from .engine import CandleCkpt
 from .safeio import read_regular
@@ -20,12 +20,10 @@ _MAX_BLOB = 1 << 40
 class FilesBackend:
     """The backend protocol over a dict of file name -> bytes (the first is the model)."""
 
-    name = "files"
-
     def __init__(self) -> None:
         self.state: dict[str, bytes] = {"model.bin": b""}
 
-    def capture(self, live: bool) -> dict[str, bytes]:
+    def capture(self, live: bool, progress: Progress = UNKNOWN_PROGRESS) -> dict[str, bytes]:
         return dict(self.state) if live else {n: bytes(d) for n, d in self.state.items()}
 
     def write(self, snapshot: dict[str, bytes], sink: FileSink) -> Written:

@@ -9,7 +9,7 @@ keras = pytest.importorskip("keras")
 
 from keras.src.saving import saving_lib  # noqa: E402
 
-from candle_ckpt.backends import keras as backend  # noqa: E402
+from candle_ckpt.backends.keras import stores  # noqa: E402
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd-momentum", "adamw"])
@@ -24,8 +24,8 @@ def test_optimizer_recorded_directly_equals_keras_walk(optimizer: str) -> None:
            "adamw": keras.optimizers.AdamW(1e-2)}[optimizer]
     model.compile(optimizer=opt, loss="mse")
     model.fit(np.ones((8, 4), "float32"), np.ones((8, 1), "float32"), epochs=1, verbose=0)
-    ours = backend._capture_weights(model, [])
-    store = backend._recording_store_class()()
+    ours = stores.capture_weights(model, [])
+    store = stores.recording_store_class()()
     saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="",
                            visited_saveables=set())
     reference = store.entries

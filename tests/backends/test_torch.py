@@ -1047,7 +1047,7 @@ def test_model_pt_skips_the_zip_crc_loads_with_torch_load_and_restores_the_setti
 
 def test_the_model_file_is_read_without_following_a_link(tmp_path: Path) -> None:
     """Loading opens the regular file itself (a link swapped in after checks is refused)."""
-    from candle_ckpt.backends.torch import _load_regular
+    from candle_ckpt.backends.torch.files import load_regular as _load_regular
 
     real = tmp_path / "elsewhere.pt"
     torch.save({"x": torch.ones(2)}, real)
@@ -1065,16 +1065,19 @@ def test_async_capture_buffers_are_allocated_before_the_first_save(tmp_path: Pat
     train_steps(model, optimizer)
     with new_ckpt(tmp_path, ckpt_async=True) as ckpt:
         ckpt.set_model({"model": model, "optimizer": optimizer})
-        prefilled = ckpt.backend.buffers["model"]["0.weight"]
+        buffers = ckpt.backend.buffers
+        prefilled = buffers.previous(live=False)["model"]["0.weight"]
         ckpt.ckpt_epoch(0, 1.0)
-        assert ckpt.backend.buffers["model"]["0.weight"] is prefilled  # reused, not new
+        assert buffers.previous(live=False)["model"]["0.weight"] is prefilled  # reused, not new
     fresh = make_net(1)
     fresh_opt = torch.optim.Adam(fresh.parameters())
     with new_ckpt(tmp_path, ckpt_async=True) as ckpt:
         ckpt.set_model({"model": fresh, "optimizer": fresh_opt})
-        assert ckpt.backend.buffers["optimizer"]["state"] == {}  # no Adam state yet
+        buffers = ckpt.backend.buffers
+        assert buffers.previous(live=False)["optimizer"]["state"] == {}  # no Adam state yet
         assert ckpt.restart(fresh) is not None
-        assert len(ckpt.backend.buffers["optimizer"]["state"]) == len(list(fresh.parameters()))
+        assert len(buffers.previous(live=False)["optimizer"]["state"]) == len(
+            list(fresh.parameters()))
 
 
 class _WithView(nn.Module):
@@ -1098,7 +1101,7 @@ def test_sync_captures_reuse_their_host_copies_and_share_only_live_tensors(
         assert first["lin.weight"].data_ptr() == live["lin.weight"].data_ptr()
         assert first["window"].data_ptr() != live["window"].data_ptr()
         assert first["window"].untyped_storage().nbytes() == 8 * 4  # only the view's bytes
-        kept = ckpt.backend.live_buffers["model"]
+        kept = ckpt.backend.buffers.previous(live=True)["model"]
         assert kept["lin.weight"] is None  # a live tensor never becomes a buffer
         model.window.add_(100.0)
         second = ckpt.backend.capture(live=True).payload["model_state_dict"]

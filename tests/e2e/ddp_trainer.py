@@ -52,13 +52,13 @@ def _inject_faults(rank: int) -> None:
     original = torch_backend.TorchBackend.write
     original_capture = torch_backend.TorchBackend.capture
 
-    def capture(self, live):  # type: ignore[no-untyped-def]
-        if self.progress[0] == fail_capture:
+    def capture(self, live, progress):  # type: ignore[no-untyped-def]
+        if progress.epoch == fail_capture:
             raise candle.CkptParamError("cannot checkpoint 'model' (injected)")
-        return original_capture(self, live)
+        return original_capture(self, live, progress)
 
     def write(self, snapshot, sink):  # type: ignore[no-untyped-def]
-        epoch = self.progress[0]  # the 1-based epoch being saved
+        epoch = snapshot.progress.epoch  # the 1-based epoch being saved
         if epoch == fail_at:
             raise OSError(errno.ENOSPC, "No space left on device (injected)")
         written = original(self, snapshot, sink)

@@ -10,7 +10,7 @@ import pytest
 from fshelpers import ckpts, engine, train
 
 from candle_ckpt import CheckpointCorruptError, CheckpointNotFoundError
-from candle_ckpt.backend import Restored
+from candle_ckpt.backends.base import Restored
 from candle_ckpt.layout import Layout
 from candle_ckpt.logs import CkptLog
 from candle_ckpt.restorer import BestSoFar, Restorer

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from candle_ckpt import CheckpointWriteError
-from candle_ckpt.backend import Restored, Written
+from candle_ckpt.backends.base import Restored, Written
 from candle_ckpt.commit import Committer, FileSink
 from candle_ckpt.layout import CkptKey, Layout
 from candle_ckpt.logs import CkptLog

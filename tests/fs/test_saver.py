@@ -17,7 +17,7 @@ import pytest
 from fshelpers import blobs, ckpts, engine, link_target, train
 
 from candle_ckpt import CheckpointWriteError, commit, shutdown
-from candle_ckpt.backend import Restored, Written
+from candle_ckpt.backends.base import Restored, Written
 from candle_ckpt.commit import Committer, FileSink
 from candle_ckpt.layout import Layout
 from candle_ckpt.logs import CkptLog

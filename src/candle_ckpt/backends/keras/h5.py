@@ -33,7 +33,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import CheckpointCorruptError
+from ...errors import CheckpointCorruptError
 
 # Keras' own guard against shape bombs: a declared size above 4 GiB must be stored in
 # at most 1000 times fewer bytes (genuine arrays, even compressed, are).

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointMismatchError
+from ...errors import CheckpointMismatchError
 
 METADATA = ".metadata"  # DCP's names: this, and __<rank>_<n>.distcp shards
 
