@@ -8,7 +8,7 @@ Three calls, each returning data (no results travel through attributes):
   resumes). The engine captures only when no save is in flight, so a backend may reuse
   its previous capture's buffers.
 - ``write(snapshot, sink)`` (possibly on the writer thread): write the snapshot's files
-  through the :class:`~candle_ckpt.commit.FileSink` and return a :class:`Written`.
+  through the :class:`~candle_ckpt.storage.sink.FileSink` and return a :class:`Written`.
 - ``load(directory, info)``: read and check the whole checkpoint against the live
   objects *without changing them*, and return a :class:`Restored` whose ``apply()``
   copies the values in. A damaged file raises any exception (restart falls back to an
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .commit import FileSink
 from .record import Written
+from .storage.sink import FileSink
 
 __all__ = ["Backend", "Restored", "Written"]
 

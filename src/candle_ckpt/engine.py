@@ -16,10 +16,8 @@ from . import params as _params
 from . import shutdown
 from .backend import Backend, NoBackend
 from .calls import is_params, restart_call
-from .commit import Committer, WriterLock, acquire_writer_lock
 from .coordination import Coordinator, LocalCoordinator
 from .errors import CkptError
-from .layout import CkptKey, Layout, recorded_metrics
 from .logs import CkptLog, check_logger, end_report, start_report
 from .planner import Planner
 from .policy import best_direction
@@ -28,6 +26,9 @@ from .record import SaveRecord
 from .restorer import Restorer
 from .saver import AsyncSaver, KeepRule, Saver
 from .spec import SpecMethods, _metric, read_info_json
+from .storage.commit import Committer
+from .storage.layout import CkptKey, Layout, recorded_metrics
+from .storage.lock import WriterLock, acquire_writer_lock
 
 __all__ = ["CandleCkpt", "read_info_json"]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CkptParamError
-from .safeio import append_log_line, check_log_file, one_line
+from .storage.safeio import append_log_line, check_log_file, one_line
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 _MB = 1024 * 1024  # the original's megabyte

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .integrity import DISABLED
+from .storage.integrity import DISABLED
 
 FORMAT_VERSION = 1
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"

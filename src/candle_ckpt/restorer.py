@@ -26,10 +26,10 @@ from .errors import (
     CkptError,
     CkptParamError,
 )
-from .integrity import ChecksumTally, check_checkpoint, has_checksums
-from .layout import CkptKey, Layout, Pointer
 from .logs import CkptLog, relpath
 from .record import InfoRecord, read_record
+from .storage.integrity import ChecksumTally, check_checkpoint, has_checksums
+from .storage.layout import CkptKey, Layout, Pointer
 
 
 @dataclass(frozen=True)

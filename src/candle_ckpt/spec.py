@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from . import params as _params
 from .backend import Backend
-from .commit import Committer
-from .integrity import DEFAULT_ALGORITHM, DISABLED, ChecksumTally, checksum_file
-from .layout import INFO_FILE, Layout, read_info_file
 from .logs import CkptLog, relpath
 from .params import ParamType
 from .planner import Planner
 from .record import Written, as_metric, to_info
 from .saver import Saver
+from .storage.commit import Committer
+from .storage.integrity import DEFAULT_ALGORITHM, DISABLED, ChecksumTally, checksum_file
+from .storage.layout import INFO_FILE, Layout, read_info_file
 
 
 class SpecMethods:

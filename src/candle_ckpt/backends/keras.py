@@ -31,7 +31,6 @@ import keras
 import numpy as np
 
 from ..backend import Restored, Written
-from ..commit import FileSink
 from ..engine import CandleCkpt, read_info_json
 from ..errors import (
     CheckpointCorruptError,
@@ -40,8 +39,9 @@ from ..errors import (
     CkptParamError,
     MetricNotFoundError,
 )
-from ..integrity import safe_member
 from ..logs import CkptLog
+from ..storage.integrity import safe_member
+from ..storage.sink import FileSink
 from . import keras_h5
 
 MODEL_FILE = "model.weights.h5"

@@ -35,13 +35,13 @@ import torch
 from torch import nn
 
 from ..backend import Restored, Written
-from ..commit import FileSink
 from ..coordination import Coordinator, LocalCoordinator, TorchCoordinator
 from ..engine import CandleCkpt
 from ..errors import CheckpointMismatchError, CkptParamError, CkptParamTypeError
-from ..integrity import safe_member
 from ..logs import CkptLog
-from ..safeio import open_regular
+from ..storage.integrity import safe_member
+from ..storage.safeio import open_regular
+from ..storage.sink import FileSink
 from . import torch_dcp
 
 MODEL_FILE = "model.pt"

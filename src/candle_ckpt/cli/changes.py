@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..commit import Committer, acquire_lock, release_lock
-from ..layout import Layout
 from ..policy import epochs_to_keep, protected_epochs, restart_order
+from ..storage.commit import Committer
+from ..storage.layout import Layout
+from ..storage.lock import acquire_lock, release_lock
 from .common import (
     EXIT_OK,
     PROG,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..layout import INFO_FILE, LOCK_FILE, LOG_FILE, CheckpointSummary, CkptKey, Layout
+from ..storage.layout import INFO_FILE, LOCK_FILE, LOG_FILE, CheckpointSummary, CkptKey, Layout
 
 PROG = "candle-ckpt"
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2

@@ -8,8 +8,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from ..commit import json_safe
-from ..layout import INFO_FILE, Layout
+from ..storage.fsio import json_safe
+from ..storage.layout import INFO_FILE, Layout
 from .common import (
     EXIT_OK,
     CliError,

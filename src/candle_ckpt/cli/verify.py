@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..integrity import (
+from ..storage.integrity import (
     DEFAULT_ALGORITHM,
     DISABLED,
     LEGACY_ALGORITHM,
     check_checkpoint,
     has_checksums,
 )
-from ..layout import INFO_FILE, Layout
+from ..storage.layout import INFO_FILE, Layout
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
