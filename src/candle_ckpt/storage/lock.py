@@ -23,6 +23,7 @@ from ..errors import (
 )
 from .layout import (
     LOCK_FILE,
+    TIME_FORMAT,
     Layout,
 )
 from .safeio import display_path, open_regular, printable
@@ -177,7 +178,7 @@ def acquire_writer_lock(root: Path) -> WriterLock:
                     os.pwrite(
                         fd,
                         f"pid {os.getpid()} on {socket.gethostname()} since "
-                        f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(),
+                        f"{time.strftime(TIME_FORMAT)}\n".encode(),
                         0,
                     )
             except BaseException:
