@@ -246,6 +246,15 @@ class Preemption:
     def saved(self) -> None:
         self.last_save = monotonic()
 
+    def stopped(self, due: StopDue, epoch: int, batches: int, writer: bool) -> None:
+        """A stop's mid-epoch checkpoint (``epoch`` + ``batches``) is committed: training
+        stops; the writer (one per job, not one per rank) requeues when asked."""
+        self.stop_requested = True
+        self.log.warning(f"{due.reason}: saved a mid-epoch checkpoint (epoch {epoch} + "
+                         f"{batches} batches); stopping training")
+        if writer:
+            self.after_stop_save(due)
+
     def after_stop_save(self, due: StopDue) -> None:
         """Requeue under SLURM when asked (``ckpt_requeue``), logging the outcome."""
         mode = self.requeue_mode

@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -230,3 +231,45 @@ def release_lock(key: str) -> None:
     lock = _by_key.pop(key, None)
     if lock is not None:
         lock.release()
+
+
+class Lease:
+    """The writer lock as an engine holds it: taken when first needed (and again after
+    :meth:`release`), a crash's leftovers recovered as soon as it is taken (we are then
+    the only writer), and proved still held before each write.
+
+    Args:
+        root: the checkpoint directory.
+        recover: called once each time the lock is taken.
+        writer: False on a process that never writes (multi-process: rank 0 holds the
+            lock for all); then every call is a no-op.
+    """
+
+    def __init__(self, root: Path, recover: Callable[[], None], writer: bool = True) -> None:
+        self.root, self._recover, self.writer = root, recover, writer
+        self._lock: WriterLock | None = None
+
+    def ensure(self) -> None:
+        """Hold the lock (taking it, then recovering, if not held); prove it is still ours.
+
+        Raises:
+            CheckpointLockedError: another writer holds the directory.
+            LockLostError: the lock held no longer protects the directory.
+        """
+        if not self.writer:
+            return
+        if self._lock is None:
+            lock = acquire_writer_lock(self.root)
+            try:
+                self._recover()
+            except BaseException:
+                lock.release()
+                raise
+            self._lock = lock
+        self._lock.check()
+
+    def release(self) -> None:
+        """Give the lock up (idempotent); :meth:`ensure` takes it again."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
