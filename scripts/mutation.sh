@@ -2,7 +2,7 @@
 # Mutation testing of the core modules with mutmut 3, on demand (never in CI).
 #
 #   scripts/mutation.sh                  # every core module, 12 sampled mutants each
-#   scripts/mutation.sh layout integrity # only these modules
+#   scripts/mutation.sh storage.layout saver # only these modules (dotted, under candle_ckpt)
 #   MUTATION_SAMPLE=0 scripts/mutation.sh policy   # all of policy's mutants
 #
 # Environment:
@@ -23,8 +23,9 @@
 # (`.venv/bin/mutmut show NAME` prints one's diff).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ALL_MODULES=(record restorer saver policy layout integrity commit params)
-MODULES=("$@")
+ALL_MODULES=(record restorer saver policy storage.layout storage.integrity storage.commit
+             storage.sink storage.lock params)
+MODULES=("${@//\//.}")
 if [[ $# -eq 0 ]]; then MODULES=("${ALL_MODULES[@]}"); fi
 BIN=.venv/bin
 [[ -x $BIN/mutmut ]] || { echo "mutmut is missing: .venv/bin/pip install -e '.[dev]'" >&2; exit 2; }
@@ -59,7 +60,7 @@ with open("mutants/generate.log", "a") as log, contextlib.redirect_stdout(log):
 n, rng = int(os.environ["MUTATION_SAMPLE"]), random.Random(int(os.environ["MUTATION_SEED"]))
 chosen = []
 for module in sys.argv[1:]:
-    meta = Path(f"mutants/src/candle_ckpt/{module}.py.meta")
+    meta = Path("mutants/src/candle_ckpt", *module.split(".")).with_suffix(".py.meta")
     if not meta.exists():
         sys.exit(f"{module}: not a core module (no mutants generated; see setup.cfg [mutmut])")
     names = sorted(json.loads(meta.read_text())["exit_code_by_key"])
@@ -89,7 +90,7 @@ from pathlib import Path
 from mutmut.stats import status_by_exit_code
 
 codes = {}
-for meta in Path("mutants/src/candle_ckpt").glob("*.py.meta"):
+for meta in Path("mutants/src/candle_ckpt").rglob("*.py.meta"):
     codes.update(json.loads(meta.read_text())["exit_code_by_key"])
 recheck = {"survived", "no tests", "suspicious"}
 before = {}
@@ -100,7 +101,7 @@ if os.environ.get("MUTATION_RESCORE") == "1":  # and what the last run did not g
         before = {n: r for n, r in before.items() if r["rc"] in (1, "timeout")}
 todo = [n for n in Path("mutants/sample.txt").read_text().split()
         if status_by_exit_code[codes.get(n)] in recheck and n not in before
-        and n.split(".")[1] in sys.argv[2:]]
+        and ".".join(n.split(".")[1:-1]) in sys.argv[2:]]
 print(f"re-checking {len(todo)} mutants not killed against tests/unit + tests/fs")
 
 def check(name):
@@ -130,7 +131,7 @@ from mutmut.stats import status_by_exit_code
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 chosen = Path("mutants/sample.txt").read_text().split()
 codes = {}
-for meta in Path("mutants/src/candle_ckpt").glob("*.py.meta"):
+for meta in Path("mutants/src/candle_ckpt").rglob("*.py.meta"):
     codes.update(json.loads(meta.read_text())["exit_code_by_key"])
 recheck = Path("mutants/recheck.json")
 # pytest exits 1 when a test failed: the whole suite killed what mutmut's selection did not
@@ -139,12 +140,12 @@ rekilled = {n for n, r in (json.loads(recheck.read_text()) if recheck.exists() e
 by_module: dict[str, Counter] = {}
 survivors = []
 for name in chosen:
-    module = name.split(".")[1]
+    module = ".".join(name.split(".")[1:-1])
     status = "killed" if name in rekilled else status_by_exit_code[codes.get(name)]
     by_module.setdefault(module, Counter())[status] += 1
     if status not in KILLED:
         survivors.append(f"{name}  {status}")
-print(f"{'module':<10} {'tested':>6} {'killed':>6} {'survived':>8} {'no tests':>8} "
+print(f"{'module':<18} {'tested':>6} {'killed':>6} {'survived':>8} {'no tests':>8} "
       f"{'other':>5} {'score':>6}")
 total = Counter()
 for module, c in by_module.items():
@@ -152,10 +153,10 @@ for module, c in by_module.items():
     killed = sum(c[s] for s in KILLED)
     n = sum(c.values())
     other = n - killed - c["survived"] - c["no tests"]
-    print(f"{module:<10} {n:>6} {killed:>6} {c['survived']:>8} {c['no tests']:>8} "
+    print(f"{module:<18} {n:>6} {killed:>6} {c['survived']:>8} {c['no tests']:>8} "
           f"{other:>5} {100 * killed / n:>5.0f}%")
 killed = sum(total[s] for s in KILLED)
-print(f"{'all':<10} {sum(total.values()):>6} {killed:>6} {'':>8} {'':>8} {'':>5} "
+print(f"{'all':<18} {sum(total.values()):>6} {killed:>6} {'':>8} {'':>8} {'':>5} "
       f"{100 * killed / max(1, sum(total.values())):>5.0f}%")
 Path("mutants/survivors.txt").write_text("\n".join(survivors) + ("\n" if survivors else ""))
 print(f"{len(survivors)} not killed: mutants/survivors.txt")

@@ -26,7 +26,6 @@ from .errors import (
     MetricNotFoundError,
     UnsafeFileError,
 )
-from .integrity import DEFAULT_ALGORITHM
 from .params import (
     ParamRequired,
     ParamType,
@@ -41,6 +40,7 @@ from .params import (
     param_type_check_float,
     param_type_check_int,
 )
+from .storage.integrity import DEFAULT_ALGORITHM
 
 __version__ = "0.1.0"
 
@@ -69,9 +69,9 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     if name == "checksum_file":
-        from .integrity import ChecksumTally
-        from .integrity import checksum_file as _checksum_file
         from .logs import checksummed_line
+        from .storage.integrity import ChecksumTally
+        from .storage.integrity import checksum_file as _checksum_file
 
         def checksum_file(logger: Any, filename: Any) -> str:
             """Read file, compute checksum, return it as a string (default algorithm).

@@ -5,7 +5,8 @@
 candle_lib's Keras example: the model lands where ``verbose`` goes) and
 ``restart(gParameters)`` after ``set_model`` (Uno: hyperparameters where the model
 goes). The original ignored such an argument and loaded into the model given to
-``set_model``; so do we, and say so. Pure: the engine logs and attaches.
+``set_model``; so do we, and say so. :func:`restart_call` is pure; :class:`RestartArgs`
+(a mixin of the engine) logs what it ignored.
 """
 
 from __future__ import annotations
@@ -77,3 +78,32 @@ def type_name(obj: Any) -> str:
     kind = type(obj)
     return kind.__qualname__ if kind.__module__ == "builtins" else (
         f"{kind.__module__}.{kind.__qualname__}")
+
+
+class RestartArgs:
+    """Mixin of :class:`~candle_ckpt.engine.CandleCkpt`: ``restart``'s arguments sorted
+    out, and the hooks through which a backend's public class says what a model is."""
+
+    _log: Any
+
+    def _attach_model(self, model: Any) -> None:
+        """Hook: ``restart(model)`` hands the model to the backend here."""
+
+    def _is_model(self, obj: Any) -> bool:
+        """Hook: can this backend restore into ``obj``? (The base engine has no model, so
+        anything but hyperparameters goes to :meth:`_attach_model`, which ignores it.)"""
+        return not is_params(obj)
+
+    def _has_model(self) -> bool:
+        """Hook: has ``set_model`` (or an earlier restart) named what to restore into?"""
+        return True
+
+    def _restart_args(self, model: Any, verbose: Any) -> tuple[Any, Any]:
+        """``restart``'s arguments in any shape CANDLE code passes them (``calls.py``):
+        (the model to attach or None, verbose)."""
+        call = restart_call(model, verbose, self._is_model, self._has_model())
+        if call.ignored:
+            (self._log.warning if call.warn else self._log.debug)(
+                f"restart: {call.ignored} is not a model; ignored, restoring into the model "
+                "given to set_model")
+        return call.model, call.verbose

@@ -15,11 +15,9 @@ from typing import Any
 from . import params as _params
 from . import shutdown
 from .backends.base import Backend, NoBackend, Progress
-from .calls import is_params, restart_call
-from .commit import Committer, WriterLock, acquire_writer_lock
+from .calls import RestartArgs
 from .coordination import Coordinator, LocalCoordinator
 from .errors import CkptError
-from .layout import CkptKey, Layout, recorded_metrics
 from .logs import CkptLog, check_logger, end_report, start_report
 from .planner import Planner
 from .policy import best_direction
@@ -28,17 +26,14 @@ from .record import SaveRecord
 from .restorer import Restorer
 from .saver import AsyncSaver, KeepRule, Saver
 from .spec import SpecMethods, _metric, read_info_json
+from .storage.commit import Committer
+from .storage.layout import CkptKey, Layout, recorded_metrics
+from .storage.lock import Lease
 
 __all__ = ["CandleCkpt", "read_info_json"]
 
 
-def _setting(name: str) -> Any:
-    """A read-only instance field of the original engine, read from ``settings``."""
-    return property(lambda self: getattr(self.settings, name),
-                    doc=f"The validated setting ``{name}`` (see ``settings``).")
-
-
-class CandleCkpt(SpecMethods):
+class CandleCkpt(SpecMethods, RestartArgs):
     """Checkpoint/restart engine configured by CANDLE hyperparameters.
 
     Args:
@@ -70,23 +65,24 @@ class CandleCkpt(SpecMethods):
         for warning in [] if self._quiet_start else _params.unknown_key_warnings(gParameters):
             self._log.warning(warning)
         self.backend: Backend = self._new_backend()
-        self.direction = best_direction(self.save_best_metric, self.settings.save_best_mode)
+        metric = self.settings.save_best_metric
+        self.direction = best_direction(metric, self.settings.save_best_mode)
         self._plan = Planner(
             self.settings, self.direction, self.backend_name,
-            lambda: recorded_metrics(self.layout, self.save_best_metric, self.direction.mode),
+            lambda: recorded_metrics(self.layout, metric, self.direction.mode),
             lambda level, message: getattr(self._log, level)(message))
         self.committer = Committer(self.layout, self._log.info)
-        keep = KeepRule(self.keep_mode, self.keep_limit)
+        keep = KeepRule(self.settings.keep_mode, self.settings.keep_limit)
         self._saver = Saver(self.layout, self.committer, self.backend, self._log, keep,
                             self._coord)
         self._async = AsyncSaver(self._saver, self._log) if self.settings.async_save else None
-        self._restorer = Restorer(self.settings.directory, self.restart_mode,
-                                  self.checksum_enabled, self._log, self._coord)
+        self._restorer = Restorer(self.settings.directory, self.settings.restart_mode,
+                                  self.settings.checksum, self._log, self._coord)
         self.restart_info: dict[str, Any] | None = None
-        self._lock: WriterLock | None = None
-        self._ensure_lock()
+        self._lease = Lease(self.layout.root, self.committer.recover, self._writer)
+        self._lease.ensure()
         try:
-            if self.restart_mode != "off" and self.settings.best_metric_last is None:
+            if self.settings.restart_mode != "off" and self.settings.best_metric_last is None:
                 peeked = self._coord.broadcast(
                     self._restorer.peek_best() if self._writer else None)
                 if peeked is not None:
@@ -113,59 +109,6 @@ class CandleCkpt(SpecMethods):
         self.gParams = gParams
         self.settings = _params.read_settings(gParams)
 
-    restart_mode = _setting("restart_mode")
-    save_best = _setting("save_best")
-    save_best_metric = _setting("save_best_metric")
-    skip_epochs = _setting("skip_epochs")
-    save_interval = _setting("save_interval")
-    checksum_enabled = _setting("checksum")
-    keep_mode = _setting("keep_mode")
-    keep_limit = _setting("keep_limit")
-    metadata = _setting("metadata")
-    epoch_max = _setting("epochs")
-    save_weights_only = _setting("save_weights_only")
-
-    @property
-    def ckpt_directory(self) -> str:
-        return str(self.settings.directory)
-
-    # ----------------------------------------------------------------- state
-    @property
-    def best_metric_last(self) -> float | None:
-        """The best metric so far (including a save still in flight)."""
-        pending = self._async.pending if self._async is not None else None
-        return pending.best_metric_last if pending is not None else self._plan.best.value
-
-    @best_metric_last.setter
-    def best_metric_last(self, value: Any) -> None:
-        self._plan.take_best(_metric(value), self._plan.best.epoch)
-
-    @property
-    def epoch_best(self) -> int | None:
-        pending = self._async.pending if self._async is not None else None
-        return pending.epoch_best if pending is not None else self._plan.best.epoch
-
-    @property
-    def epochs(self) -> list[int]:
-        """The epochs this engine wrote and still keeps (the keep policy's scope)."""
-        return self._saver.run_epochs
-
-    @property
-    def epoch_restarted(self) -> int | None:
-        return self._saver.resumed_from
-
-    @property
-    def time_saving(self) -> float:
-        return self._saver.time_saving
-
-    def report_initial(self) -> None:
-        """Simply report that we are ready to run."""
-        self._report_start()
-
-    def report_final(self) -> None:
-        """Report what this run saved, its best, and the time spent saving."""
-        self._report_end()
-
     def _report_start(self) -> None:
         if not self._quiet_start:  # a module-level restart(): the callback reports the run
             for line in start_report(self.settings, self.direction, self.backend_name,
@@ -173,24 +116,11 @@ class CandleCkpt(SpecMethods):
                 self._log.info(line)
 
     def _report_end(self) -> None:
-        self._log.info(end_report(self.epochs, self.epoch_best, self.save_best_metric,
-                                  self.best_metric_last, self.time_saving))
+        self._log.info(end_report(self.epochs, self.epoch_best,
+                                  self.settings.save_best_metric, self.best_metric_last,
+                                  self.time_saving))
 
-    # ----------------------------------------------------------------- lock, lifetime
-    def _ensure_lock(self) -> None:
-        """Hold the writer lock (taken again after close()); prove it before a save."""
-        if not self._writer:
-            return  # multi-process: rank 0 holds it for all
-        if self._lock is None:
-            self._lock = acquire_writer_lock(self.layout.root)
-            try:
-                self.committer.recover()  # a crash's leftovers: we are the only writer
-            except BaseException:
-                self._lock.release()
-                self._lock = None
-                raise
-        self._lock.check()
-
+    # ----------------------------------------------------------------- lifetime
     def wait(self) -> None:
         """Wait for a background save to be committed; raise its error if it failed.
 
@@ -218,9 +148,9 @@ class CandleCkpt(SpecMethods):
             preempt = getattr(self, "_preempt", None)
             if preempt is not None:
                 preempt.stop()
-            lock, self._lock = getattr(self, "_lock", None), None
-            if lock is not None:
-                lock.release()
+            lease = getattr(self, "_lease", None)
+            if lease is not None:
+                lease.release()
 
     def __enter__(self) -> CandleCkpt:
         return self
@@ -245,18 +175,6 @@ class CandleCkpt(SpecMethods):
             self.close()
 
     # ----------------------------------------------------------------- saving
-    def save_check_best(self, epoch: int, direction: str, metric_value: Any) -> bool:
-        """Is ``metric_value`` a new best (does not record it)?"""
-        return self._plan.is_new_best(_metric(metric_value), direction)
-
-    def save_check(self, epoch: int, direction: str, metric_value: Any) -> bool:
-        """Should the (1-based) epoch be saved? Records a new best when it is one."""
-        sign = _params.direction_arg(direction)
-        record = self._plan.decide(int(epoch), sign, _metric(metric_value))
-        if record is not None:
-            self._plan.adopt(record, committed=False)
-        return record is not None
-
     def ckpt_epoch(self, epoch: int, direction: str | None = None,
                    metric_value: Any = None) -> bool:
         """Checkpoint the 0-based ``epoch`` just completed, if the policies say so.
@@ -272,7 +190,7 @@ class CandleCkpt(SpecMethods):
             self._log.info(f"epoch {epoch_now}: not saved as complete; training was stopped "
                            "mid-epoch (its mid-epoch checkpoint is the one to resume from)")
             return False
-        self._ensure_lock()
+        self._lease.ensure()
         self.wait()  # at most one save in flight; capture may reuse the previous buffers
         # The same decision on every rank: rank 0's, on the metric reduced across ranks.
         record = self._coord.decide(lambda m: self._plan.decide(epoch_now, sign, m), metric,
@@ -314,7 +232,7 @@ class CandleCkpt(SpecMethods):
         if self._preempt.stop_requested:
             return True  # saved already; the loop should have stopped
         epoch_done, batches = _params.epoch_arg(epoch), _params.epoch_arg(batch, "batch") + 1
-        self._ensure_lock()
+        self._lease.ensure()
         self.wait()
         reason = due.reason if due is not None else (
             f"ckpt_save_interval_seconds={self._preempt.interval:g}")
@@ -322,11 +240,7 @@ class CandleCkpt(SpecMethods):
         self._start_save(record, Progress(epoch_done), durable=due is not None)
         if due is None:
             return False
-        self._preempt.stop_requested = True
-        self._log.warning(f"{reason}: saved a mid-epoch checkpoint (epoch {epoch_done} + "
-                          f"{batches} batches); stopping training")
-        if self._writer:  # one requeue per job, not one per rank
-            self._preempt.after_stop_save(due)
+        self._preempt.stopped(due, epoch_done, batches, self._writer)
         return True
 
     @property
@@ -335,28 +249,6 @@ class CandleCkpt(SpecMethods):
         return self._preempt.stop_requested
 
     # ----------------------------------------------------------------- restart
-    def _attach_model(self, model: Any) -> None:
-        """Hook: ``restart(model)`` hands the model to the backend here."""
-
-    def _is_model(self, obj: Any) -> bool:
-        """Hook: can this backend restore into ``obj``? (The base engine has no model, so
-        anything but hyperparameters goes to :meth:`_attach_model`, which ignores it.)"""
-        return not is_params(obj)
-
-    def _has_model(self) -> bool:
-        """Hook: has ``set_model`` (or an earlier restart) named what to restore into?"""
-        return True
-
-    def _restart_args(self, model: Any, verbose: Any) -> tuple[Any, Any]:
-        """``restart``'s arguments in any shape CANDLE code passes them (``calls.py``):
-        (the model to attach or None, verbose)."""
-        call = restart_call(model, verbose, self._is_model, self._has_model())
-        if call.ignored:
-            (self._log.warning if call.warn else self._log.debug)(
-                f"restart: {call.ignored} is not a model; ignored, restoring into the model "
-                "given to set_model")
-        return call.model, call.verbose
-
     def restart(self, model: Any = None, verbose: Any = True) -> dict[str, Any] | None:
         """Restart from ``last`` per ckpt_restart_mode; the info dict, or None.
 
@@ -374,11 +266,11 @@ class CandleCkpt(SpecMethods):
         self.wait()
         if model is not None:
             self._attach_model(model)
-        if self.restart_mode == "off":
+        if self.settings.restart_mode == "off":
             self._log.info("ckpt_restart_mode='off': training starts from scratch; "
                            "checkpoints on disk are not read")
             return None
-        self._ensure_lock()
+        self._lease.ensure()
         result = self._restorer.restart(self.backend, verbose)
         if result is None:
             return None

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CkptParamError
-from .safeio import append_log_line, check_log_file, one_line
+from .storage.layout import TIME_FORMAT
+from .storage.safeio import append_log_line, check_log_file, one_line
 
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 _MB = 1024 * 1024  # the original's megabyte
 _ORIGINAL = "candle_original"  # set on the records of the original's lines
 # The original's format strings, verbatim (candle_lib ckpt_utils.py).

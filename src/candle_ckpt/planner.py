@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .integrity import DEFAULT_ALGORITHM
 from .policy import BestTracker, Direction, best_among, should_save
 from .record import SaveRecord
+from .storage.integrity import DEFAULT_ALGORITHM
 
 
 class Planner:

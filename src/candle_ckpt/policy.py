@@ -10,8 +10,12 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .errors import CkptParamError
+from .storage.layout import CkptKey
+
+_Key = TypeVar("_Key", int, CkptKey)
 
 # Names that grow when the model improves; matched as whole words of the metric name
 # (split on "_"; a word also counts without its trailing digits), so "val_accuracy",
@@ -207,14 +211,14 @@ def epochs_to_delete(
     return sorted(set(run_epochs) - keep)
 
 
-def restart_order(last: int, complete: Iterable[int]) -> list[int]:
-    """The checkpoints restart tries, in order, when ``last`` points at epoch ``last``.
+def restart_order(last: _Key, complete: Iterable[_Key]) -> list[_Key]:
+    """The checkpoints restart tries, in order, when ``last`` points at ``last``.
 
     ``last`` first, then every complete checkpoint older than it, newest first: restart
-    loads the first that validates. Epochs after ``last`` (left by a rollback) are never
-    tried; training re-does them.
+    loads the first that validates. Checkpoints after ``last`` (left by a rollback) are
+    never tried; training re-does them. Keys are epochs (ints) or :class:`CkptKey` objects.
     """
-    return [last] + sorted((e for e in set(complete) if e < last), reverse=True)
+    return [last] + sorted((k for k in set(complete) if k < last), reverse=True)
 
 
 def protected_epochs(

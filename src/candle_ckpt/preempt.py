@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 from .errors import CkptParamError
+from .storage.layout import TIME_FORMAT
 
 # The clocks the engine reads; tests replace them.
 wall_clock: Callable[[], float] = time.time
@@ -87,7 +88,7 @@ def parse_walltime_end(value: Any) -> tuple[float | None, str]:
     except ValueError:
         pass
     try:
-        return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").timestamp(), "ckpt_walltime_end"
+        return datetime.strptime(text, TIME_FORMAT).timestamp(), "ckpt_walltime_end"
     except ValueError:
         raise CkptParamError(
             f"parameter 'ckpt_walltime_end': value {value!r} is not accepted; give 'auto', "
@@ -206,7 +207,7 @@ class Preemption:
     def describe(self) -> str:
         signals = ",".join(s.name for s in self.watch.signals) or "none"
         end = "none" if self.end is None else (
-            f"{datetime.fromtimestamp(self.end):%Y-%m-%d %H:%M:%S} ({self.end_source}), "
+            f"{datetime.fromtimestamp(self.end).strftime(TIME_FORMAT)} ({self.end_source}), "
             f"stop {self.margin:g}s before")
         every = f"{self.interval:g}s" if self.interval else "off"
         return f"stop signals={signals}; wall-clock end={end}; time-based saves={every}"
@@ -230,7 +231,7 @@ class Preemption:
             return StopDue(f"received {self.watch.received.name}", self.watch.received)
         if self.end is not None and wall_clock() >= self.end - self.margin:
             return StopDue(f"wall-clock limit: the job ends at "
-                           f"{datetime.fromtimestamp(self.end):%Y-%m-%d %H:%M:%S} "
+                           f"{datetime.fromtimestamp(self.end).strftime(TIME_FORMAT)} "
                            f"({self.end_source}), margin {self.margin:g}s")
         return None
 
@@ -244,6 +245,15 @@ class Preemption:
 
     def saved(self) -> None:
         self.last_save = monotonic()
+
+    def stopped(self, due: StopDue, epoch: int, batches: int, writer: bool) -> None:
+        """A stop's mid-epoch checkpoint (``epoch`` + ``batches``) is committed: training
+        stops; the writer (one per job, not one per rank) requeues when asked."""
+        self.stop_requested = True
+        self.log.warning(f"{due.reason}: saved a mid-epoch checkpoint (epoch {epoch} + "
+                         f"{batches} batches); stopping training")
+        if writer:
+            self.after_stop_save(due)
 
     def after_stop_save(self, due: StopDue) -> None:
         """Requeue under SLURM when asked (``ckpt_requeue``), logging the outcome."""

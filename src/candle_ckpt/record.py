@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .integrity import DISABLED
+from .storage.integrity import DISABLED
+from .storage.layout import TIME_FORMAT
 
 FORMAT_VERSION = 1
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
 FIRST = "__FIRST__"
 
 

@@ -26,10 +26,11 @@ from .errors import (
     CkptError,
     CkptParamError,
 )
-from .integrity import ChecksumTally, check_checkpoint, has_checksums
-from .layout import CkptKey, Layout, Pointer
 from .logs import CkptLog, relpath
+from .policy import restart_order
 from .record import InfoRecord, read_record
+from .storage.integrity import ChecksumTally, check_checkpoint, has_checksums
+from .storage.layout import CkptKey, Layout, Pointer
 
 
 @dataclass(frozen=True)
@@ -188,8 +189,7 @@ class Restorer:
         """The checkpoints to try, in order: the one ``last`` names, then older complete ones."""
         if where.layout is None or where.epoch is None:
             return []
-        last = CkptKey(where.epoch, where.batch)
-        return [last] + [k for k in reversed(where.layout.complete_keys()) if k < last]
+        return restart_order(CkptKey(where.epoch, where.batch), where.layout.complete_keys())
 
     def check(self, layout: Layout, key: CkptKey) -> str | tuple[dict[str, Any], BestSoFar]:
         """Check one checkpoint's files and metadata (not the backend's); why not, if not."""

@@ -1,6 +1,6 @@
 """Saving one checkpoint: a frozen SaveRecord -> work/ -> commit -> links -> keep policy.
 
-:class:`Saver` runs the commit protocol (``commit.py``) for a record the engine decided
+:class:`Saver` runs the commit protocol (``storage/commit.py``) for a record the engine decided
 and a snapshot the backend captured. Everything before ``last`` is replaced can fail
 (and then raises :class:`CheckpointWriteError`, ``last`` untouched); ``last``'s
 ``os.replace`` is the commit point, and what follows it (the keep policy, the log)
@@ -23,14 +23,15 @@ from typing import Any
 
 from . import shutdown
 from .backends.base import Backend
-from .commit import Committer, FileSink
 from .coordination import Coordinator, LocalCoordinator, LostContact, StepFailed
 from .errors import CheckpointWriteError, CkptError
-from .integrity import ChecksumTally
-from .layout import INFO_FILE, CkptKey, Layout
 from .logs import CkptLog, relpath
 from .policy import epochs_to_delete, protected_epochs
 from .record import SaveRecord, to_info
+from .storage.commit import Committer
+from .storage.integrity import ChecksumTally
+from .storage.layout import INFO_FILE, CkptKey, Layout
+from .storage.sink import FileSink
 
 
 @dataclass(frozen=True)

@@ -13,32 +13,107 @@ from typing import TYPE_CHECKING, Any
 
 from . import params as _params
 from .backends.base import Backend, Progress
-from .commit import Committer
-from .integrity import DEFAULT_ALGORITHM, DISABLED, ChecksumTally, checksum_file
-from .layout import INFO_FILE, Layout, read_info_file
 from .logs import CkptLog, relpath
 from .params import ParamType
 from .planner import Planner
 from .record import Written, as_metric, to_info
-from .saver import Saver
+from .saver import AsyncSaver, Saver
+from .storage.commit import Committer
+from .storage.integrity import DEFAULT_ALGORITHM, DISABLED, ChecksumTally, checksum_file
+from .storage.layout import INFO_FILE, Layout, read_info_file
+
+
+def _setting(name: str) -> Any:
+    """A read-only instance field of the original engine, read from ``settings``."""
+    return property(lambda self: getattr(self.settings, name),
+                    doc=f"The validated setting ``{name}`` (see ``settings``).")
 
 
 class SpecMethods:
-    """Mixin of :class:`~candle_ckpt.engine.CandleCkpt` (the spec's thin methods)."""
+    """Mixin of :class:`~candle_ckpt.engine.CandleCkpt` (the spec's thin methods and the
+    original's instance fields, all read from the one ``settings`` object)."""
 
     gParams: Any
-    checksum_enabled: bool
-    keep_limit: int
+    settings: _params.CkptSettings
     layout: Layout
     committer: Committer
     backend: Backend
     _log: CkptLog
     _saver: Saver
     _plan: Planner
+    _async: AsyncSaver | None
 
     if TYPE_CHECKING:  # provided by CandleCkpt
-        @property
-        def epoch_best(self) -> int | None: ...
+        def _report_start(self) -> None: ...
+
+        def _report_end(self) -> None: ...
+
+    # ------------------------------------------------ the original's instance fields
+    restart_mode = _setting("restart_mode")
+    save_best = _setting("save_best")
+    save_best_metric = _setting("save_best_metric")
+    skip_epochs = _setting("skip_epochs")
+    save_interval = _setting("save_interval")
+    checksum_enabled = _setting("checksum")
+    keep_mode = _setting("keep_mode")
+    keep_limit = _setting("keep_limit")
+    metadata = _setting("metadata")
+    epoch_max = _setting("epochs")
+    save_weights_only = _setting("save_weights_only")
+
+    @property
+    def ckpt_directory(self) -> str:
+        return str(self.settings.directory)
+
+    @property
+    def best_metric_last(self) -> float | None:
+        """The best metric so far (including a save still in flight)."""
+        pending = self._async.pending if self._async is not None else None
+        return pending.best_metric_last if pending is not None else self._plan.best.value
+
+    @best_metric_last.setter
+    def best_metric_last(self, value: Any) -> None:
+        self._plan.take_best(_metric(value), self._plan.best.epoch)
+
+    @property
+    def epoch_best(self) -> int | None:
+        pending = self._async.pending if self._async is not None else None
+        return pending.epoch_best if pending is not None else self._plan.best.epoch
+
+    @property
+    def epochs(self) -> list[int]:
+        """The epochs this engine wrote and still keeps (the keep policy's scope)."""
+        return self._saver.run_epochs
+
+    @property
+    def epoch_restarted(self) -> int | None:
+        return self._saver.resumed_from
+
+    @property
+    def time_saving(self) -> float:
+        return self._saver.time_saving
+
+    def report_initial(self) -> None:
+        """Simply report that we are ready to run."""
+        self._report_start()
+
+    def report_final(self) -> None:
+        """Report what this run saved, its best, and the time spent saving."""
+        self._report_end()
+
+    # ------------------------------------------------ methods
+    def save_check_best(self, epoch: int, direction: str, metric_value: Any) -> bool:
+        """Is ``metric_value`` a new best (does not record it)?"""
+        return self._plan.is_new_best(_metric(metric_value), direction)
+
+    def save_check(self, epoch: int, direction: str, metric_value: Any) -> bool:
+        """Should the (1-based) epoch be saved? Records a new best when it is one."""
+        sign = _params.direction_arg(direction)
+        record = self._plan.decide(int(epoch), sign, _metric(metric_value))
+        if record is not None:
+            self._plan.adopt(record, committed=False)
+        return record is not None
+
 
 
     def param(self, key: str, dflt: Any, type_: ParamType = ParamType.STRING,
@@ -99,7 +174,7 @@ class SpecMethods:
 
     def checksum(self, dir_work: Any) -> str:
         """Simple checksum dispatch: the model file's checksum, or "__DISABLED__"."""
-        if not self.checksum_enabled:
+        if not self.settings.checksum:
             return DISABLED
         info = read_info_file(Path(dir_work) / INFO_FILE)
         return self._checksum_logged(Path(dir_work) / str(info.get("model_file")))
@@ -123,7 +198,8 @@ class SpecMethods:
 
     def keep(self, epoch: int, epoch_now: int, kept: int) -> bool:
         """The original linear rule: keep the newest, the best, and up to keep_limit."""
-        return epoch == epoch_now or epoch == self.epoch_best or kept < self.keep_limit
+        return (epoch == epoch_now or epoch == self.epoch_best
+                or kept < self.settings.keep_limit)
 
     def clean(self, epoch_now: int) -> tuple[int, int]:
         """Delete this run's old checkpoints per the keep policy; (kept, deleted)."""

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from .backends.base import UNKNOWN_PROGRESS, Progress, Restored, Written
-from .commit import FileSink
 from .engine import CandleCkpt
-from .safeio import read_regular
+from .storage.safeio import read_regular
+from .storage.sink import FileSink
 
 _MAX_BLOB = 1 << 40
 

@@ -18,7 +18,7 @@ keras = pytest.importorskip("keras")
 h5py = pytest.importorskip("h5py")
 
 import candle_ckpt as candle  # noqa: E402
-from candle_ckpt import commit  # noqa: E402
+from candle_ckpt.storage import lock  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "original-candle"
@@ -91,7 +91,7 @@ def test_spec_usage_runs_as_written_and_restarts(tmp_path: Path) -> None:
     assert J is not None and J["epoch"] == 3
     assert_same(values(again.variables), values(model.variables))
     assert_same(values(again.optimizer.variables), values(model.optimizer.variables))
-    assert not commit._held, "module-level restart() must release the directory lock"
+    assert not lock._held, "module-level restart() must release the directory lock"
 
 
 def test_newer_pattern_restores_weights_optimizer_and_seed_generators(tmp_path: Path) -> None:
@@ -216,7 +216,7 @@ def test_module_level_restart_accepts_verbose_and_a_namespace_and_refuses_no_mod
         candle.restart(g)
     with pytest.raises(candle.CkptParamError, match="argument is a str, not a model"):
         candle.restart(g, "model.h5")
-    assert not commit._held, "a refused module-level restart() must release the lock too"
+    assert not lock._held, "a refused module-level restart() must release the lock too"
 
 
 def test_checkpoint_files_and_info_are_keras_native(tmp_path: Path) -> None:

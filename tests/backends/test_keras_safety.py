@@ -133,7 +133,7 @@ def restart_params(root: Path, mode: str = "auto") -> dict[str, Any]:
 
 def reseal(epoch_dir: Path) -> None:
     """Record the rewritten model file's size and checksum, as if it had been saved so."""
-    from candle_ckpt.integrity import checksum_file
+    from candle_ckpt.storage.integrity import checksum_file
 
     info_path = epoch_dir / "ckpt-info.json"
     info = json.loads(info_path.read_text())

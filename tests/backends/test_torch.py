@@ -25,7 +25,7 @@ from torch import nn  # noqa: E402
 
 import candle_ckpt as candle  # noqa: E402
 from candle_ckpt import CheckpointNotFoundError, CkptParamError  # noqa: E402
-from candle_ckpt.integrity import checksum_file  # noqa: E402
+from candle_ckpt.storage.integrity import checksum_file  # noqa: E402
 
 HERE = Path(__file__).parent
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "original-candle"

@@ -191,8 +191,9 @@ def test_changes_refuse_a_directory_locked_by_a_running_training(run6: Path) -> 
     # its stdin.
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys; from pathlib import Path; from candle_ckpt.commit import acquire_lock;"
-         "from candle_ckpt.layout import Layout; acquire_lock(Layout.ours(Path(sys.argv[1])));"
+         "import sys; from pathlib import Path; from candle_ckpt.storage.lock import acquire_lock;"
+         "from candle_ckpt.storage.layout import Layout;"
+         "acquire_lock(Layout.ours(Path(sys.argv[1])));"
          "print('locked', flush=True); sys.stdin.read()", str(run6)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from candle_ckpt.cli import main
 from candle_ckpt.cli.verify import is_valid
-from candle_ckpt.layout import Layout
+from candle_ckpt.storage.layout import Layout
 
 Damage = Callable[[Path], None]
 
@@ -88,7 +88,7 @@ def test_prune_reports_a_deletion_that_fails_and_goes_on(run6: Path,
                                                          monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]
                                                          ) -> None:
-    from candle_ckpt.commit import Committer
+    from candle_ckpt.storage.commit import Committer
 
     real = Committer.delete_epoch
 

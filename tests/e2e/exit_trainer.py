@@ -3,7 +3,7 @@
 ``ckpt_checksum`` on, as many PyTorch loops do.
 
 The background save of the last epoch (3) is held at its first step through
-``candle_ckpt.commit._on_step`` (the crash-injection seam) until what the test needs:
+``candle_ckpt.storage.fsio._on_step`` (the crash-injection seam) until what the test needs:
 
 - ``exit``: until the interpreter has begun to exit (the main thread is joined), so the
   save is known to be in flight then; a marker file says so.
@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import candle_ckpt.commit
+import candle_ckpt.storage.fsio
 
 FRAMEWORK, SCENARIO, CKPT_DIR, MARKER = sys.argv[1:5]
 PARAMS = {"epochs": 3, "ckpt_directory": CKPT_DIR, "ckpt_async": True, "ckpt_checksum": True,
@@ -89,7 +89,7 @@ def train_keras() -> Any:
     return ckpt
 
 
-candle_ckpt.commit._on_step = hold
+candle_ckpt.storage.fsio._on_step = hold
 engine = train_torch() if FRAMEWORK == "torch" else train_keras()
 if SCENARIO == "sigterm-training":
     threading.Event().wait(60)  # training goes on; a deferred SIGTERM ends it

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from harness import TRAINER
 
-from candle_ckpt.integrity import verify_checkpoint
-from candle_ckpt.layout import Layout
+from candle_ckpt.storage.integrity import verify_checkpoint
+from candle_ckpt.storage.layout import Layout
 
 
 @pytest.mark.parametrize("framework", ["files", "torch"])

@@ -1,6 +1,6 @@
 """A crash at every named step of the commit protocol (DESIGN §5) is harmless.
 
-A subprocess saves a checkpoint with ``candle_ckpt.commit._on_step`` set to ``os._exit``
+A subprocess saves a checkpoint with ``candle_ckpt.storage.fsio._on_step`` set to ``os._exit``
 at the n-th occurrence of a step; a fresh engine must then restart from the newest
 committed checkpoint (the one ``last`` points to) with exactly its bytes, and every
 checkpoint committed before the crash must still be there and valid.
@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 from fshelpers import blobs, ckpts, engine, train
 
-from candle_ckpt.integrity import verify_checkpoint
-from candle_ckpt.layout import Layout
+from candle_ckpt.storage.integrity import verify_checkpoint
+from candle_ckpt.storage.layout import Layout
 
 CRASH_CODE = 77
 
 CHILD = textwrap.dedent("""
     import json, os, sys
-    import candle_ckpt.commit
+    import candle_ckpt.storage.fsio
     from candle_ckpt.testing import CandleCkptFiles
     sys.path.insert(0, sys.argv[3])
     from fshelpers import blobs
@@ -51,7 +51,7 @@ CHILD = textwrap.dedent("""
         if name == config["step"] and seen.count(name) == config["occurrence"]:
             os._exit(config["exit_code"])
 
-    candle_ckpt.commit._on_step = on_step
+    candle_ckpt.storage.fsio._on_step = on_step
     save(*config["save"])
     e.close()  # the keep policy's files are removed on a thread: wait for it
     print(json.dumps(seen))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import candle_ckpt
-from candle_ckpt import commit
+from candle_ckpt.storage import fsio
 from candle_ckpt.testing import CandleCkptFiles
 
 
@@ -84,12 +84,12 @@ def test_enospc_at_each_write_step_raises_and_keeps_last(
         if name == step:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(commit, "_on_step", full)
+    monkeypatch.setattr(fsio, "_on_step", full)
     ckpt.set_model({"model.bin": b"b" * 5000, "opt.bin": b"p" * 100})
     with pytest.raises(candle_ckpt.CheckpointWriteError, match="No space left"):
         ckpt.ckpt_epoch(1, "-", 0.5)
         ckpt.wait()  # async: the failure surfaces at the next call into the engine
-    monkeypatch.setattr(commit, "_on_step", None)
+    monkeypatch.setattr(fsio, "_on_step", None)
     # The best metric was not advanced by the failed save.
     assert ckpt.epoch_best == 1 and ckpt.best_metric_last == 1.0
     ckpt.close()

@@ -25,12 +25,15 @@ from typing import Any
 import pytest
 from fshelpers import blobs, engine, train
 
-from candle_ckpt import CheckpointLockedError, CheckpointWriteError, CkptParamError, commit
-from candle_ckpt.commit import Committer, FileSink, acquire_writer_lock
+from candle_ckpt import CheckpointLockedError, CheckpointWriteError, CkptParamError
 from candle_ckpt.errors import CheckpointDeleteError, LockLostError, UnsafeFileError
-from candle_ckpt.integrity import check_checkpoint, safe_member
-from candle_ckpt.layout import INFO_FILE, Layout, read_info_file, summarize
-from candle_ckpt.safeio import append_log_line, check_log_file, one_line, printable
+from candle_ckpt.storage import lock
+from candle_ckpt.storage.commit import Committer
+from candle_ckpt.storage.integrity import check_checkpoint, safe_member
+from candle_ckpt.storage.layout import INFO_FILE, Layout, read_info_file, summarize
+from candle_ckpt.storage.lock import acquire_writer_lock
+from candle_ckpt.storage.safeio import append_log_line, check_log_file, one_line, printable
+from candle_ckpt.storage.sink import FileSink
 
 
 @pytest.fixture(autouse=True)
@@ -245,7 +248,7 @@ def test_a_deleted_lock_file_is_detected_at_the_next_check(tmp_path):
 PROBE = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from candle_ckpt.commit import acquire_writer_lock
+    from candle_ckpt.storage.lock import acquire_writer_lock
     from candle_ckpt.errors import CheckpointLockedError
     try:
         acquire_writer_lock(Path(sys.argv[1])).release()
@@ -745,7 +748,7 @@ def test_new_errors_derive_from_ckpt_error_and_a_builtin():
     for cls, builtin in ((CheckpointDeleteError, OSError), (UnsafeFileError, OSError),
                          (LockLostError, CheckpointLockedError)):
         assert issubclass(cls, CkptError) and issubclass(cls, builtin)
-    assert commit.acquire_lock is not None  # the older API stays for current callers
+    assert lock.acquire_lock is not None  # the older API stays for current callers
 
 
 # ------------------------------------------------------------------ through the engine

@@ -12,7 +12,7 @@ from datetime import datetime
 import pytest
 from fshelpers import blobs, ckpts, engine, epoch_dirs, info, link_target, train
 
-from candle_ckpt.integrity import checksum_file
+from candle_ckpt.storage.integrity import checksum_file
 
 
 def strict_load(text):

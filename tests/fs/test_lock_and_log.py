@@ -180,7 +180,7 @@ def test_directories_whose_names_differ_only_by_dot_and_underscore_keep_separate
 
 def test_a_second_engine_in_the_process_is_refused_and_leaves_an_inflight_save_alone(
         tmp_path):
-    from candle_ckpt import commit
+    from candle_ckpt.storage import fsio
 
     first = CandleCkptFiles({"epochs": 5, "ckpt_directory": str(tmp_path), "ckpt_async": True,
                              "ckpt_save_best_metric": "loss"}, logger=None)
@@ -193,7 +193,7 @@ def test_a_second_engine_in_the_process_is_refused_and_leaves_an_inflight_save_a
             reached.set()
             release.wait()
 
-    commit._on_step = hold
+    fsio._on_step = hold
     try:
         first.ckpt_epoch(0, "-", 1.0)
         assert reached.wait(30)
@@ -205,6 +205,6 @@ def test_a_second_engine_in_the_process_is_refused_and_leaves_an_inflight_save_a
         first.wait()
     finally:
         release.set()
-        commit._on_step = None
+        fsio._on_step = None
     first.close()
     assert os.readlink(tmp_path / "ckpts/last") == "epochs/001"

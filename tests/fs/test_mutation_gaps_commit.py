@@ -12,8 +12,8 @@ from fshelpers import engine
 from test_lock_and_log import start_holder
 
 from candle_ckpt import CheckpointLockedError
-from candle_ckpt.commit import acquire_writer_lock
 from candle_ckpt.errors import LockLostError
+from candle_ckpt.storage.lock import acquire_writer_lock
 
 
 def test_a_released_lock_tells_to_build_a_new_engine(tmp_path):

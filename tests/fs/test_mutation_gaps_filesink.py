@@ -1,4 +1,4 @@
-"""commit.FileSink: files written by path (the Keras writer's way) and by stream (issue 17).
+"""sink.FileSink: files written by path (the Keras writer's way) and by stream (issue 17).
 
 fsync is observed by wrapping ``os.fsync``: a test proves that each file written by path
 is synced before it joins the manifest, and that the directory is synced last.
@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from candle_ckpt import commit
-from candle_ckpt.commit import FileSink
 from candle_ckpt.errors import CheckpointWriteError, CkptParamError
-from candle_ckpt.integrity import checksum_file
+from candle_ckpt.storage import fsio
+from candle_ckpt.storage.integrity import checksum_file
+from candle_ckpt.storage.sink import _OVERLAP_BYTES as OVERLAP
+from candle_ckpt.storage.sink import FileSink
 
 DATA = b"keras weights " * 700
 
@@ -37,7 +38,7 @@ def fsyncs(monkeypatch):
 @pytest.fixture
 def steps(monkeypatch):
     seen: list[str] = []
-    monkeypatch.setattr(commit, "_on_step", seen.append)
+    monkeypatch.setattr(fsio, "_on_step", seen.append)
     return seen
 
 
@@ -96,7 +97,7 @@ def test_a_crash_at_file_written_comes_after_the_file_is_durable(tmp_path, monke
         assert _inode(tmp_path / "m.h5") in fsyncs
         raise Crash(name)
 
-    monkeypatch.setattr(commit, "_on_step", on_step)
+    monkeypatch.setattr(fsio, "_on_step", on_step)
     sink = FileSink(tmp_path, "xxh3_64")
     sink.path("m.h5").write_bytes(DATA)
     with pytest.raises(Crash, match="file-written"):
@@ -193,9 +194,9 @@ def test_a_stream_creates_a_new_file_and_never_follows_a_planted_link(tmp_path):
 
 def test_json_safe_replaces_non_finite_floats_recursively():
     nan, inf = float("nan"), float("inf")
-    assert commit.json_safe({"a": nan, "b": [inf, 1.5, (-inf,)], 3: {"c": 2}}) == {
+    assert fsio.json_safe({"a": nan, "b": [inf, 1.5, (-inf,)], 3: {"c": 2}}) == {
         "a": None, "b": [None, 1.5, [None]], "3": {"c": 2}}
-    assert commit.json_safe("x") == "x" and commit.json_safe(None) is None
+    assert fsio.json_safe("x") == "x" and fsio.json_safe(None) is None
 
 
 def test_write_json_durable_replaces_a_planted_link_without_following_it(tmp_path):
@@ -203,7 +204,7 @@ def test_write_json_durable_replaces_a_planted_link_without_following_it(tmp_pat
 
     (tmp_path / "victim").write_text("keep")
     (tmp_path / "info.json").symlink_to(tmp_path / "victim")
-    commit.write_json_durable(tmp_path / "info.json", {"x": float("inf"), "y": 1})
+    fsio.write_json_durable(tmp_path / "info.json", {"x": float("inf"), "y": 1})
     assert not (tmp_path / "info.json").is_symlink()
     assert json.loads((tmp_path / "info.json").read_text()) == {"x": None, "y": 1}
     assert (tmp_path / "victim").read_text() == "keep"
@@ -218,8 +219,8 @@ def test_a_stream_mixing_small_and_large_writes_is_checksummed_in_order(tmp_path
 
     rng = __import__("random").Random(7)
     parts = [bytes(rng.getrandbits(8) for _ in range(97)),
-             os.urandom(commit._OVERLAP_BYTES + 13), b"tail",
-             bytearray(os.urandom(2 * commit._OVERLAP_BYTES)), memoryview(b"x" * 5)]
+             os.urandom(OVERLAP + 13), b"tail",
+             bytearray(os.urandom(2 * OVERLAP)), memoryview(b"x" * 5)]
     sink = FileSink(tmp_path, algorithm)
     with sink.open("model.pt") as f:
         for part in parts:
@@ -242,16 +243,16 @@ def test_a_failing_large_write_waits_for_its_hash_and_raises(tmp_path, monkeypat
                 raise OSError(28, "injected")
 
             monkeypatch.setattr(raw, "write", boom, raising=False)
-            f.write(b"\0" * (commit._OVERLAP_BYTES * 2))
+            f.write(b"\0" * (OVERLAP * 2))
     assert "model.pt" not in sink.files
 
 
 def _write_large(tmp_path: Path) -> tuple[bytes, dict]:
-    data = os.urandom(2 * commit._OVERLAP_BYTES + 5)
+    data = os.urandom(2 * OVERLAP + 5)
     sink = FileSink(tmp_path, "xxh3_64")
     with sink.open("model.pt") as f:
-        f.write(data[:commit._OVERLAP_BYTES + 1])
-        f.write(data[commit._OVERLAP_BYTES + 1:])
+        f.write(data[:OVERLAP + 1])
+        f.write(data[OVERLAP + 1:])
     return data, sink.finish()
 
 

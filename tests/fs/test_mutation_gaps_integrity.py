@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from candle_ckpt import integrity
-from candle_ckpt.integrity import (
+from candle_ckpt.storage import integrity
+from candle_ckpt.storage.integrity import (
     DEFAULT_ALGORITHM,
     DISABLED,
     check_checkpoint,

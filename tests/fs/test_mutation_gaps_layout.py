@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from candle_ckpt.layout import (
+from candle_ckpt.storage.layout import (
     INFO_FILE,
     CkptKey,
     Layout,
@@ -125,7 +125,7 @@ def test_an_empty_text_pointer_is_a_problem(tmp_path):
 
 
 def test_an_unreadable_text_pointer_is_a_problem(tmp_path, monkeypatch):
-    from candle_ckpt import safeio
+    from candle_ckpt.storage import safeio
 
     lay = Layout.ours(tmp_path)
     _epoch(lay, 1)

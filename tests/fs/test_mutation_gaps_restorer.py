@@ -11,9 +11,9 @@ from fshelpers import ckpts, engine, train
 
 from candle_ckpt import CheckpointCorruptError, CheckpointNotFoundError
 from candle_ckpt.backends.base import Restored
-from candle_ckpt.layout import Layout
 from candle_ckpt.logs import CkptLog
 from candle_ckpt.restorer import BestSoFar, Restorer
+from candle_ckpt.storage.layout import Layout
 
 
 class Backend:

@@ -10,11 +10,12 @@ import pytest
 
 from candle_ckpt import CheckpointWriteError
 from candle_ckpt.backends.base import Restored, Written
-from candle_ckpt.commit import Committer, FileSink
-from candle_ckpt.layout import CkptKey, Layout
 from candle_ckpt.logs import CkptLog
 from candle_ckpt.record import SaveRecord
 from candle_ckpt.saver import AsyncSaver, KeepRule, Saver
+from candle_ckpt.storage.commit import Committer
+from candle_ckpt.storage.layout import CkptKey, Layout
+from candle_ckpt.storage.sink import FileSink
 
 
 class Backend:

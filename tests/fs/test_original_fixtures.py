@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from candle_ckpt.layout import Layout
+from candle_ckpt.storage.layout import Layout
 from candle_ckpt.testing import CandleCkptFiles
 
 # ../shared beside the repository, as issue 2 names it.

@@ -10,8 +10,9 @@ import signal
 import pytest
 from fshelpers import blobs, ckpts, engine, link_target, train
 
-from candle_ckpt import CkptParamError, commit, preempt
-from candle_ckpt.layout import CkptKey, Layout, parse_key
+from candle_ckpt import CkptParamError, preempt
+from candle_ckpt.storage import fsio
+from candle_ckpt.storage.layout import CkptKey, Layout, parse_key
 
 
 class FakeClock:
@@ -74,7 +75,7 @@ def test_a_signal_during_a_save_does_not_interrupt_it(tmp_path, monkeypatch):
             sent.append(name)
             os.kill(os.getpid(), signal.SIGUSR1)  # lands in the middle of the commit
 
-    monkeypatch.setattr(commit, "_on_step", on_step)
+    monkeypatch.setattr(fsio, "_on_step", on_step)
     assert train(e, [1]) == [1]  # the save completed normally
     assert link_target(ckpts(tmp_path) / "last") == "epochs/001"
     e.set_model(blobs(2))

@@ -16,13 +16,15 @@ from pathlib import Path
 import pytest
 from fshelpers import blobs, ckpts, engine, link_target, train
 
-from candle_ckpt import CheckpointWriteError, commit, shutdown
+from candle_ckpt import CheckpointWriteError, shutdown
 from candle_ckpt.backends.base import Restored, Written
-from candle_ckpt.commit import Committer, FileSink
-from candle_ckpt.layout import Layout
 from candle_ckpt.logs import CkptLog
 from candle_ckpt.record import SaveRecord
 from candle_ckpt.saver import AsyncSaver, KeepRule, Saver
+from candle_ckpt.storage import fsio, remover
+from candle_ckpt.storage.commit import Committer
+from candle_ckpt.storage.layout import Layout
+from candle_ckpt.storage.sink import FileSink
 
 
 class FaultyBackend:
@@ -164,14 +166,14 @@ def test_the_keep_policy_unlists_at_once_and_removes_the_files_on_the_remover_th
     gone before the next save writes anything, and when the engine is closed."""
     saver = make_saver(tmp_path, FaultyBackend(), KeepRule("linear", 1))
     gate, removing = threading.Event(), []
-    real = commit._rmtree
+    real = remover.rmtree
 
     def slow(path: Path) -> None:
         removing.append((path.name, threading.current_thread().name))
         assert gate.wait(10)
         real(path)
 
-    monkeypatch.setattr(commit, "_rmtree", slow)
+    monkeypatch.setattr(remover, "rmtree", slow)
     saver.save(make_record(1), saver.backend.capture(False))
     saver.save(make_record(2), saver.backend.capture(False))  # returns while 1 is removed
     epochs = ckpts(tmp_path) / "epochs"
@@ -195,7 +197,7 @@ def test_the_keep_policy_unlists_at_once_and_removes_the_files_on_the_remover_th
 def test_a_failure_on_the_remover_thread_is_logged_by_the_next_save_and_retried(
         tmp_path, monkeypatch):
     saver = make_saver(tmp_path, FaultyBackend(), KeepRule("linear", 1))
-    real, refused = commit._rmtree, []
+    real, refused = remover.rmtree, []
 
     def busy(path: Path) -> None:
         if path.name.startswith(".deleting-") and not refused:
@@ -203,7 +205,7 @@ def test_a_failure_on_the_remover_thread_is_logged_by_the_next_save_and_retried(
             raise OSError(errno.ENOTEMPTY, "Directory not empty", str(path / ".nfs0001"))
         real(path)
 
-    monkeypatch.setattr(commit, "_rmtree", busy)
+    monkeypatch.setattr(remover, "rmtree", busy)
     saver.save(make_record(1), saver.backend.capture(False))
     saver.save(make_record(2), saver.backend.capture(False))
     saver.save(make_record(3), saver.backend.capture(False))
@@ -215,13 +217,13 @@ def test_a_failure_on_the_remover_thread_is_logged_by_the_next_save_and_retried(
 
 
 def test_closing_the_engine_waits_for_the_remover(tmp_path, monkeypatch):
-    real = commit._rmtree
+    real = remover.rmtree
 
     def slow(path: Path) -> None:
         time.sleep(0.3)
         real(path)
 
-    monkeypatch.setattr(commit, "_rmtree", slow)
+    monkeypatch.setattr(remover, "rmtree", slow)
     with engine(tmp_path, ckpt_keep_limit=1, ckpt_save_best=False) as e:
         train(e, [1, 2])
     assert sorted(p.name for p in (ckpts(tmp_path) / "epochs").iterdir()) == ["002"]
@@ -232,13 +234,13 @@ def test_a_forked_child_does_not_wait_for_or_repeat_the_parents_removals(
     """A DataLoader worker forked while the remover runs must not hang on its copy of
     the remover's state (or remove anything) if it ever closes its copy of the engine."""
     saver = make_saver(tmp_path, FaultyBackend(), KeepRule("linear", 1))
-    gate, real = threading.Event(), commit._rmtree
+    gate, real = threading.Event(), remover.rmtree
 
     def slow(path: Path) -> None:
         assert gate.wait(10)
         real(path)
 
-    monkeypatch.setattr(commit, "_rmtree", slow)
+    monkeypatch.setattr(remover, "rmtree", slow)
     saver.save(make_record(1), saver.backend.capture(False))
     saver.save(make_record(2), saver.backend.capture(False))  # the remover waits on gate
     pid = os.fork()
@@ -267,7 +269,7 @@ def held(monkeypatch):
             assert gate.wait(30)
 
     kills: list[tuple[int, int]] = []
-    monkeypatch.setattr(commit, "_on_step", hold)
+    monkeypatch.setattr(fsio, "_on_step", hold)
     monkeypatch.setattr(os, "kill", lambda pid, sig: kills.append((pid, sig)))
     monkeypatch.setattr(shutdown, "_pending", None)
     monkeypatch.setattr(shutdown, "_reported", False)
@@ -353,7 +355,7 @@ def test_a_collected_engine_prints_the_failure_of_its_background_save_on_stderr(
     def full(step: str) -> None:
         raise OSError(errno.ENOSPC, "No space left on device (injected)")
 
-    monkeypatch.setattr(commit, "_on_step", full)
+    monkeypatch.setattr(fsio, "_on_step", full)
     e.set_model(blobs(2))
     e.ckpt_epoch(1, "-", 0.1)
     del e

@@ -11,8 +11,8 @@ FRAMEWORKS = ("tensorflow", "keras", "torch")
 PROBE = """
 import json, sys
 import candle_ckpt
-import candle_ckpt.testing, candle_ckpt.params, candle_ckpt.policy, candle_ckpt.layout
-import candle_ckpt.commit, candle_ckpt.integrity, candle_ckpt.engine
+import candle_ckpt.testing, candle_ckpt.params, candle_ckpt.policy, candle_ckpt.storage.layout
+import candle_ckpt.storage.commit, candle_ckpt.storage.integrity, candle_ckpt.engine
 candle_ckpt.CandleCkpt, candle_ckpt.ckpt_parser, candle_ckpt.checksum_file
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in {frameworks!r})
 print(json.dumps(loaded))

@@ -7,7 +7,6 @@ from datetime import datetime
 
 import pytest
 
-from candle_ckpt.integrity import DISABLED
 from candle_ckpt.record import (
     FIRST,
     FORMAT_VERSION,
@@ -17,6 +16,7 @@ from candle_ckpt.record import (
     read_record,
     to_info,
 )
+from candle_ckpt.storage.integrity import DISABLED
 
 T = datetime(2026, 3, 4, 5, 6, 7).timestamp()
 

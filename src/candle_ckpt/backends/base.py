@@ -12,7 +12,7 @@ engine calls them in this order:
    flight, so a backend may copy into its previous capture's buffers
    (:class:`CaptureBuffers`, :class:`BufferReuse`).
 2. ``write(snapshot, sink)`` (possibly on the writer thread): write the snapshot's files
-   through the :class:`~candle_ckpt.commit.FileSink` and return a :class:`Written`.
+   through the :class:`~candle_ckpt.storage.sink.FileSink` and return a :class:`Written`.
 3. ``load(directory, info)`` at restart: read and check the whole checkpoint against the
    live objects *without changing them*, and return a :class:`Restored` whose
    ``apply()`` copies the values in. A damaged file raises any exception (restart falls
@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ..errors import CheckpointCorruptError
-from ..integrity import safe_member
 from ..record import Written
+from ..storage.integrity import safe_member
 
 if TYPE_CHECKING:
-    from ..commit import FileSink
+    from ..storage.sink import FileSink
 
 __all__ = ["Backend", "BufferReuse", "CaptureBuffers", "NoBackend", "Progress", "Restored",
            "UNKNOWN_PROGRESS", "Written", "member_name"]

@@ -20,7 +20,7 @@ Modules, each importing only modules below it in this list (so there is no cycle
     verify        verify; check_epoch()/is_valid() shared with rollback and prune
     listing       list, show                 (read-only)
     demo_trainer  the demo's child training run (python -m candle_ckpt.cli.demo_trainer)
-    common        opening a directory, epoch arguments, tables, the log, shown()
+    common        opening a directory, epoch arguments, tables, the log, printable()
 """
 
 from __future__ import annotations

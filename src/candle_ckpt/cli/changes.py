@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..commit import Committer, acquire_lock, release_lock
-from ..layout import Layout
 from ..policy import epochs_to_keep, protected_epochs, restart_order
+from ..storage.commit import Committer
+from ..storage.layout import Layout
+from ..storage.lock import acquire_lock, release_lock
+from ..storage.safeio import printable
 from .common import (
     EXIT_OK,
     PROG,
@@ -21,7 +23,6 @@ from .common import (
     human_size,
     open_directory,
     resolve_epoch,
-    shown,
 )
 from .verify import check_epoch, is_valid
 
@@ -42,7 +43,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
                 + "; ".join(problems)
             )
         before = layout.read_pointer("last")
-        was = layout.pointer_text(before.epoch) if before.epoch is not None else shown(
+        was = layout.pointer_text(before.epoch) if before.epoch is not None else printable(
             before.raw or before.problem or "missing")
         Committer(layout, lambda message: append_log(layout, message)).point("last", epoch)
         append_log(layout, f"rollback: last -> {layout.pointer_text(epoch)} (was {was})")
@@ -84,14 +85,14 @@ def prune(layout: Layout, keep: int, mode: str, dry_run: bool) -> int:
     best = layout.read_pointer("best")
     for p in (last, best):
         if p.kind != "missing" and p.epoch is None:
-            raise CliError(f"refusing to prune: {p.name} ({shown(p.path)}) is broken: "
-                           f"{shown(p.problem)}; fix it with '{PROG} rollback' first")
+            raise CliError(f"refusing to prune: {p.name} ({printable(p.path)}) is broken: "
+                           f"{printable(p.problem)}; fix it with '{PROG} rollback' first")
     complete = layout.complete_epochs()
     if not complete:
-        print(f"no complete checkpoints in {shown(layout.epochs_dir)}; nothing to prune")
+        print(f"no complete checkpoints in {printable(layout.epochs_dir)}; nothing to prune")
         return EXIT_OK
     if last.epoch is None:
-        raise CliError(f"refusing to prune: {shown(layout.last)} is missing, so it is not "
+        raise CliError(f"refusing to prune: {printable(layout.last)} is missing, so it is not "
                        f"known which checkpoint a restart needs; set it with '{PROG} "
                        "rollback' first")
     valid = [e for e in complete if is_valid(layout, e)]
@@ -124,13 +125,13 @@ def prune(layout: Layout, keep: int, mode: str, dry_run: bool) -> int:
             except OSError as err:
                 # Go on with the others: each deletion stands alone, and the summary
                 # below says which failed.
-                failures.append(f"epoch {epoch}: {shown(err.strerror or err)}")
+                failures.append(f"epoch {epoch}: {printable(err.strerror or err)}")
                 continue
             append_log(layout, f"prune ({mode}/{keep}): removed {layout.pointer_text(epoch)} "
                                f"({size} bytes)")
         freed += size
         removed += 1
-        print(f"{verb} {shown(layout.epoch_dir(epoch))}  ({human_size(size)})")
+        print(f"{verb} {printable(layout.epoch_dir(epoch))}  ({human_size(size)})")
     what = "would free" if dry_run else "freed"
     print(f"{verb} {removed} checkpoint(s), {what} {human_size(freed)} ({freed:,} bytes)")
     if damaged:

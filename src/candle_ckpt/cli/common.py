@@ -1,8 +1,9 @@
 """What every command shares: opening a directory, epoch arguments, tables, the log.
 
 Nothing here prints a checkpoint's own strings raw: names, timestamps and pointer
-targets come from files anyone may have written, so they pass through :func:`shown`
-(a newline in a file name must not forge an output or log line).
+targets come from files anyone may have written, so they pass through
+:func:`~candle_ckpt.storage.safeio.printable` (a newline in a file name must not forge
+an output or log line).
 """
 
 from __future__ import annotations
@@ -15,39 +16,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..layout import INFO_FILE, LOCK_FILE, LOG_FILE, CheckpointSummary, CkptKey, Layout
+from ..storage.layout import (
+    LOCK_FILE,
+    LOG_FILE,
+    TIME_FORMAT,
+    CheckpointSummary,
+    Layout,
+    summarize,
+)
+from ..storage.safeio import append_log_line, printable
 
 PROG = "candle-ckpt"
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
-_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 DEMO_TAG = ".candle-ckpt-demo"  # marks a directory made by `candle-ckpt demo`
 DEMO_RUN = "interrupted"  # the demo's run that was killed and restarted
 
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
-
-
-def shown(value: Any) -> str:
-    """``value`` as text safe for one terminal or log line.
-
-    Control characters (newline, escape, ...), lone surrogates and the surrogate
-    escapes of non-UTF-8 file names are written as backslash escapes.
-    """
-    text = value if isinstance(value, str) else str(value)
-    if text.isprintable():
-        try:
-            text.encode("utf-8")
-            return text
-        except UnicodeEncodeError:
-            pass
-    out = []
-    for ch in text:
-        if ch.isprintable() and not 0xD800 <= ord(ch) <= 0xDFFF:
-            out.append(ch)
-        else:
-            out.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii"))
-    return "".join(out)
 
 
 # ------------------------------------------------------------------------------ opening
@@ -65,9 +51,9 @@ def open_directory(arg: str) -> Layout:
     """
     path = Path(arg)
     if not path.exists():
-        raise CliError(f"no such directory: {shown(arg)}")
+        raise CliError(f"no such directory: {printable(arg)}")
     if not path.is_dir():
-        raise CliError(f"not a directory: {shown(arg)}")
+        raise CliError(f"not a directory: {printable(arg)}")
     root = path
     if not _has_run_files(path) and path.name == "ckpts" and _has_run_files(path.parent):
         root = path.parent
@@ -81,7 +67,7 @@ def open_directory(arg: str) -> Layout:
         or _has_run_files(root)
     ):
         raise CliError(
-            f"{shown(arg)} is not a checkpoint directory: it has none of ckpts/epochs/, "
+            f"{printable(arg)} is not a checkpoint directory: it has none of ckpts/epochs/, "
             f"epochs/, last or {LOG_FILE} (give the ckpt_directory of a run)"
         )
     return layout
@@ -107,17 +93,17 @@ def resolve_epoch(layout: Layout, spec: str, pointers: Sequence[str] = ("last", 
     if spec in pointers:
         p = layout.read_pointer(spec)
         if p.epoch is None:
-            raise CliError(f"{spec} ({shown(p.path)}) is not usable: {shown(p.problem)}")
+            raise CliError(f"{spec} ({printable(p.path)}) is not usable: {printable(p.problem)}")
         return p.epoch
     if not (spec.isascii() and spec.isdigit()):
         options = ["an epoch number", *(repr(n) for n in pointers)]
         accepted = (", ".join(options[:-1]) + " or " + options[-1]) if len(options) > 1 else (
             options[0])
-        raise CliError(f"epoch {shown(repr(spec))} is not accepted; give {accepted}")
+        raise CliError(f"epoch {printable(repr(spec))} is not accepted; give {accepted}")
     epoch = int(spec)
     if epoch not in layout.list_epochs():
         existing = ", ".join(map(str, layout.list_epochs())) or "none"
-        raise CliError(f"no epoch {epoch} in {shown(layout.epochs_dir)} "
+        raise CliError(f"no epoch {epoch} in {printable(layout.epochs_dir)} "
                        f"(epochs on disk: {existing})")
     return epoch
 
@@ -179,7 +165,7 @@ def fmt_number(value: Any) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.6g}"
-    return shown(value)
+    return printable(value)
 
 
 def pointer_text(layout: Layout, name: str) -> str:
@@ -187,83 +173,26 @@ def pointer_text(layout: Layout, name: str) -> str:
     if p.kind == "missing":
         return f"{name}: none"
     if p.epoch is None:
-        return f"{name}: BROKEN ({shown(p.problem)})"
+        return f"{name}: BROKEN ({printable(p.problem)})"
     text = f"{name} -> {layout.pointer_text(p.epoch, p.batch)}"
     if p.reanchored:
-        text += f" (re-anchored: {shown(p.raw)} dangles, the tree was moved)"
+        text += f" (re-anchored: {printable(p.raw)} dangles, the tree was moved)"
     return text
 
 
 def append_log(layout: Layout, message: str) -> None:
-    """Record a change made from the command line in ``<dir>/ckpt.log``.
-
-    The log is opened as the engine opens it: never through a symlink (a planted link
-    would make us append to any file the user can write), never a FIFO or device
-    (``O_NONBLOCK``: no hang), and not inherited by children.
+    """Record a change made from the command line in ``<dir>/ckpt.log``, in the engine's
+    line format. The log is opened as the engine opens it (never through a link, never
+    a FIFO or device); an unwritable log does not turn the change made into a failure.
     """
-    line = f"{time.strftime(_TIME_FORMAT)} INFO    {PROG}: {shown(message)}\n"
-    flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
-             | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
-        fd = os.open(layout.log_file, flags, 0o644)
+        append_log_line(layout.log_file,
+                        f"{time.strftime(TIME_FORMAT)} INFO    {PROG}: {printable(message)}")
     except OSError:
-        return  # the change is made; an unwritable log must not turn it into a failure
-    try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            os.write(fd, line.encode("utf-8", "backslashreplace"))
-    except OSError:
-        pass  # as above
-    finally:
-        os.close(fd)
+        pass
 
 
 # ------------------------------------------------------------------------------ reading
-
-# A ckpt-info.json is a few KiB (its manifest grows by a line per file); anything near
-# this is not one, and reading it whole could exhaust memory.
-MAX_INFO_BYTES = 64 << 20
-
-
-def info_problem(layout: Layout, epoch: int, batch: int = 0) -> str | None:
-    """Why an epoch's ``ckpt-info.json`` must not be read, or None when it may be.
-
-    Checked before any read, without following links: a symlink (to ``/dev/zero``, a
-    FIFO, a file elsewhere), a device or FIFO (a read would hang), or a file too big to
-    be one. A missing file is not a problem here (the checkpoint is incomplete).
-    """
-    path = layout.epoch_dir(epoch, batch) / INFO_FILE
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        return f"{INFO_FILE}: cannot be examined: {shown(err.strerror or err)}"
-    if stat.S_ISLNK(st.st_mode):
-        return f"{INFO_FILE}: is a symlink (never followed)"
-    if not stat.S_ISREG(st.st_mode):
-        return f"{INFO_FILE}: not a regular file"
-    if st.st_size > MAX_INFO_BYTES:
-        return f"{INFO_FILE}: {st.st_size:,} bytes, too big to be a checkpoint's record"
-    return None
-
-
-def read_info_safely(layout: Layout, epoch: int, batch: int = 0) -> dict[str, Any]:
-    """A checkpoint's parsed ``ckpt-info.json``; ValueError when it must not or cannot be
-    read (``batch`` > 0: a mid-epoch checkpoint).
-
-    Raises:
-        FileNotFoundError: there is none (an incomplete checkpoint).
-        ValueError: see :func:`info_problem`, or it is not a JSON object.
-        OSError: it cannot be read.
-    """
-    problem = info_problem(layout, epoch, batch)
-    if problem is not None:
-        raise ValueError(problem)
-    try:
-        return layout.read_info(epoch, batch)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-
 
 # ------------------------------------------------------------------------------ rows
 
@@ -279,48 +208,17 @@ class Row:
 
     @property
     def status(self) -> str:
-        if self.summary.error:
+        if self.summary.error and self.summary.complete:
             return "unreadable"
         return "complete" if self.summary.complete else "incomplete"
 
 
-def summarize_safely(layout: Layout) -> list[CheckpointSummary]:
-    """Every epoch directory with its parsed info and last/best markers.
-
-    Like :func:`layout.summarize`, but any content of a ``ckpt-info.json`` (deep
-    nesting, a directory in its place, ...) makes that one row "unreadable" instead of
-    stopping the listing.
-    """
-    last = layout.read_pointer("last")
-    best = layout.read_pointer("best")
-    # Epoch-end directories (complete or not), then complete mid-epoch checkpoints.
-    keys = [(CkptKey(e), layout.is_complete(e)) for e in layout.list_epochs()]
-    keys += [(k, True) for k in layout.complete_keys() if k.partial]
-    rows = []
-    for key, complete in keys:
-        row = CheckpointSummary(key.epoch, layout.epoch_dir(key.epoch, key.batch), complete,
-                                batch=key.batch)
-        if complete:
-            try:
-                row.info = read_info_safely(layout, key.epoch, key.batch)
-            except Exception as err:  # any content is one unreadable row, not a crash
-                row.error = f"unreadable {INFO_FILE}: {shown(err)}"
-        if last.ok and last.key == key:
-            row.markers.append("last")
-        if key.partial:
-            row.markers.append("mid-epoch")
-        elif best.ok and best.key == key:
-            row.markers.append("best")
-        rows.append(row)
-    return sorted(rows, key=lambda r: r.key)
-
-
 def rows_of(layout: Layout) -> list[Row]:
-    return [Row(s, dir_size(s.path)) for s in summarize_safely(layout)]
+    return [Row(s, dir_size(s.path)) for s in summarize(layout)]
 
 
 def metric_names(rows: Sequence[Row]) -> list[str]:
-    names = {shown(r.info.get("save_best_metric")) for r in rows if r.info}
+    names = {printable(r.info.get("save_best_metric")) for r in rows if r.info}
     return sorted(names - {"None"})
 
 

@@ -37,7 +37,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from ..layout import Layout
+from ..storage.layout import Layout
 from .common import DEMO_RUN, DEMO_TAG, CliError
 from .demo_trainer import FEATURES, HIDDEN, MARKER
 from .listing import print_listing, rows_of

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ..layout import Layout
+from ..storage.layout import Layout
 
 MARKER = "CANDLE-CKPT-DEMO-COMMITTED"  # run A's stdout line: epoch K is committed
 FEATURES, HIDDEN, TRAIN, VAL, BATCH = 32, 64, 1024, 256, 32

@@ -8,8 +8,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from ..commit import json_safe
-from ..layout import INFO_FILE, Layout
+from ..storage.fsio import json_safe
+from ..storage.layout import INFO_FILE, Layout, read_info_safely
+from ..storage.safeio import printable
 from .common import (
     EXIT_OK,
     CliError,
@@ -23,10 +24,8 @@ from .common import (
     open_directory,
     pointer_text,
     print_table,
-    read_info_safely,
     resolve_epoch,
     rows_of,
-    shown,
 )
 
 # ------------------------------------------------------------------------------ list
@@ -78,7 +77,7 @@ def listing_json(layout: Layout, rows: Sequence[Row]) -> dict[str, Any]:
 
 def print_listing(layout: Layout, rows: Sequence[Row]) -> None:
     kind = "original CANDLE layout" if layout.original else "candle-ckpt layout"
-    print(f"{shown(layout.root)}  ({kind}: {shown(layout.base)})")
+    print(f"{printable(layout.root)}  ({kind}: {printable(layout.base)})")
     last_text, best_text = pointer_text(layout, "last"), pointer_text(layout, "best")
     if len(last_text) + len(best_text) <= 70:
         print(f"{last_text}    {best_text}")
@@ -94,10 +93,10 @@ def print_listing(layout: Layout, rows: Sequence[Row]) -> None:
         info = r.info or {}
         value = fmt_number(metric_of(info))
         if len(names) > 1 and info.get("save_best_metric"):
-            value = f"{shown(info['save_best_metric'])}={value}"
+            value = f"{printable(info['save_best_metric'])}={value}"
         table.append([
             str(r.summary.key), value, ",".join(r.summary.markers), human_size(r.size),
-            shown(info.get("timestamp", "-")), r.status,
+            printable(info.get("timestamp", "-")), r.status,
         ])
     print()
     print_table(["EPOCH", metric_header, "MARK", "SIZE", "SAVED", "STATUS"], table,
@@ -112,7 +111,7 @@ def print_listing(layout: Layout, rows: Sequence[Row]) -> None:
         print("\n(original CANDLE checkpoints record only the best value so far; "
               "shown for them)")
     for path in layout.leftovers():
-        print(f"leftover of an interrupted operation: {shown(path)} (the next run removes it)")
+        print(f"leftover of an interrupted operation: {printable(path)} (the next run removes it)")
 
 
 # ------------------------------------------------------------------------------ show
@@ -133,10 +132,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps(json_safe(info), indent=1))
         return EXIT_OK
     markers = [n for n in ("last", "best") if layout.read_pointer(n).epoch == epoch]
-    print(f"checkpoint {shown(directory)}" + (f"  ({', '.join(markers)})" if markers else ""))
+    print(f"checkpoint {printable(directory)}" + (f"  ({', '.join(markers)})" if markers else ""))
     keys = [k for k in _SHOW_ORDER if k in info]
     keys += sorted(k for k in info if k not in _SHOW_ORDER and k != "files")
-    width = max(len(shown(k)) for k in keys) if keys else 0
+    width = max(len(printable(k)) for k in keys) if keys else 0
     for key in keys:
         value = info[key]
         text = value if isinstance(value, str) else json.dumps(json_safe(value))
@@ -146,7 +145,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                 text = f"{float(value):.3f} s since the previous checkpoint of its run"
             except OverflowError:
                 pass  # an absurd integer: shown as it is
-        print(f"  {shown(key).ljust(width)}  {shown(text)}")
+        print(f"  {printable(key).ljust(width)}  {printable(text)}")
     files = info.get("files")
     if isinstance(files, dict) and not files:
         print("  files: none recorded")
@@ -155,21 +154,22 @@ def cmd_show(args: argparse.Namespace) -> int:
                  for e in files.values()]
         total = sum(s for s in sizes if s is not None)
         print(f"  files ({len(files)}, {human_size(total)}):")
-        name_width = max(len(shown(n)) for n in files)
+        name_width = max(len(printable(n)) for n in files)
         for name, entry in sorted(files.items()):
             entry = entry if isinstance(entry, dict) else {}
             size = as_size(entry.get("size"))
             size_text = f"{size:>12,} bytes" if size is not None else (
-                f"{'?':>12} bytes (recorded: {shown(json.dumps(json_safe(entry.get('size'))))})")
+                f"{'?':>12} bytes (recorded: "
+                f"{printable(json.dumps(json_safe(entry.get('size'))))})")
             checksum = entry.get("checksum")
-            print(f"    {shown(name).ljust(name_width)}  {size_text}"
-                  + (f"  {shown(checksum)}" if checksum else ""))
+            print(f"    {printable(name).ljust(name_width)}  {size_text}"
+                  + (f"  {printable(checksum)}" if checksum else ""))
     else:
         present = sorted(p.name for p in directory.iterdir() if p.name != INFO_FILE)
         print("  files (no manifest: written by the original CANDLE code):")
         for name in present:
             size = (directory / name).lstat().st_size
-            print(f"    {shown(name)}  {size:,} bytes")
+            print(f"    {printable(name)}  {size:,} bytes")
     return EXIT_OK
 
 
@@ -178,6 +178,6 @@ def _read_info_or_fail(layout: Layout, epoch: int) -> dict[str, Any]:
     try:
         return read_info_safely(layout, epoch)
     except FileNotFoundError:
-        raise CliError(f"epoch {epoch} is incomplete: {shown(path)} is missing") from None
+        raise CliError(f"epoch {epoch} is incomplete: {printable(path)} is missing") from None
     except (OSError, ValueError, RecursionError) as err:
-        raise CliError(f"{shown(path)} cannot be read: {shown(err)}") from None
+        raise CliError(f"{printable(path)} cannot be read: {printable(err)}") from None

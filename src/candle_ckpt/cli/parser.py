@@ -8,8 +8,14 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import CkptError
+from ..storage.safeio import printable
 from .changes import cmd_prune, cmd_rollback
-from .common import EXIT_ERROR, EXIT_FAILED, PROG, CliError, shown
+from .common import (
+    EXIT_ERROR,
+    EXIT_FAILED,
+    PROG,
+    CliError,
+)
 from .demo import cmd_demo
 from .listing import cmd_list, cmd_show
 from .plot import cmd_plot
@@ -156,7 +162,7 @@ def _escape_unencodable_output() -> None:
 
 
 def _error(message: str) -> None:
-    line = shown(" ".join(message.split()))  # one line, whatever the message held
+    line = printable(" ".join(message.split()))  # one line, whatever the message held
     try:
         sys.stdout.flush()
     except (OSError, ValueError):

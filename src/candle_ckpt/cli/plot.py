@@ -6,6 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
+from ..storage.safeio import printable
 from .common import (
     EXIT_OK,
     CliError,
@@ -13,7 +14,6 @@ from .common import (
     metric_of,
     open_directory,
     rows_of,
-    shown,
 )
 
 
@@ -21,14 +21,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
     layout = open_directory(args.directory)
     output = Path(args.output)
     if not output.parent.is_dir():
-        raise CliError(f"cannot write {shown(output)}: no such directory "
-                       f"{shown(output.parent)}")
+        raise CliError(f"cannot write {printable(output)}: no such directory "
+                       f"{printable(output.parent)}")
     rows = [r for r in rows_of(layout) if metric_of(r.info) is not None]
     points = [(r.summary.epoch, metric_of(r.info)) for r in rows]
     finite = [(e, v) for e, v in points if v is not None and math.isfinite(v)]
     if not finite:
-        raise CliError(f"nothing to plot: no checkpoint in {shown(layout.epochs_dir)} records a "
-                       "finite metric value")
+        raise CliError(f"nothing to plot: no checkpoint in {printable(layout.epochs_dir)} "
+                       "records a finite metric value")
     try:
         import matplotlib
 
@@ -58,13 +58,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch (completed)")
         ax.set_ylabel(metric)
-        ax.set_title(shown(layout.root))
+        ax.set_title(printable(layout.root))
         ax.grid(True, alpha=0.3)
         ax.legend()
         fig.tight_layout()
         fig.savefig(output, dpi=100)
     finally:
         plt.close(fig)
-    print(f"wrote {shown(output)} ({len(finite)} epoch(s) of {metric}"
+    print(f"wrote {printable(output)} ({len(finite)} epoch(s) of {metric}"
           + (f", best epoch {best})" if best is not None else ")"))
     return EXIT_OK

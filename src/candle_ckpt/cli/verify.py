@@ -5,23 +5,22 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..integrity import (
+from ..storage.integrity import (
     DEFAULT_ALGORITHM,
     DISABLED,
     LEGACY_ALGORITHM,
     check_checkpoint,
     has_checksums,
 )
-from ..layout import INFO_FILE, Layout
+from ..storage.layout import INFO_FILE, Layout, info_problem
+from ..storage.safeio import printable
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
     as_size,
     human_size,
-    info_problem,
     open_directory,
     resolve_epoch,
-    shown,
 )
 
 
@@ -34,16 +33,16 @@ def check_epoch(layout: Layout, epoch: int) -> tuple[list[str], str]:
     directory = layout.epoch_dir(epoch)
     unreadable = info_problem(layout, epoch)
     if unreadable is not None:
-        return [f"{shown(directory)}{os.sep}{unreadable}"], ""
+        return [f"{printable(directory)}{os.sep}{unreadable}"], ""
     try:
         info, found = check_checkpoint(directory, epoch, True)
     except Exception as err:  # any content means "invalid, because ...", never a crash
-        return [f"{shown(directory)}: cannot be verified: {type(err).__name__}: "
-                f"{shown(err)}"], ""
-    problems = [f"{shown(directory)}{os.sep}{shown(p)}" for p in found]
+        return [f"{printable(directory)}: cannot be verified: {type(err).__name__}: "
+                f"{printable(err)}"], ""
+    problems = [f"{printable(directory)}{os.sep}{printable(p)}" for p in found]
     if info is not None and not problems and type(info.get("epoch")) is not int:
-        problems.append(f"{shown(directory / INFO_FILE)}: epoch "
-                        f"{shown(repr(info.get('epoch')))} is not an integer")
+        problems.append(f"{printable(directory / INFO_FILE)}: epoch "
+                        f"{printable(repr(info.get('epoch')))} is not an integer")
     if info is None or problems:
         return problems, ""
     files = info.get("files")
@@ -52,13 +51,13 @@ def check_epoch(layout: Layout, epoch: int) -> tuple[list[str], str]:
                  for e in files.values()]
         nbytes = sum(s for s in sizes if s is not None)
         summed = bool(files) and has_checksums(info)
-        algorithm = shown(info.get("checksum_algorithm") or DEFAULT_ALGORITHM)
+        algorithm = printable(info.get("checksum_algorithm") or DEFAULT_ALGORITHM)
         how = f"sizes and {algorithm} checksums" if summed else "sizes only (no checksums recorded)"
         return problems, f"{len(files)} file(s), {human_size(nbytes)}; {how}"
-    model_file = shown(info.get("model_file"))
+    model_file = printable(info.get("model_file"))
     checksum = info.get("checksum")
     if isinstance(checksum, str) and checksum != DISABLED:
-        algorithm = shown(info.get("checksum_algorithm") or LEGACY_ALGORITHM)
+        algorithm = printable(info.get("checksum_algorithm") or LEGACY_ALGORITHM)
         how = f"original CANDLE checkpoint; {model_file} {algorithm} checksum"
     else:
         how = f"original CANDLE checkpoint; {model_file} present (no checksum)"
@@ -82,7 +81,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     failed = 0
     for epoch in epochs:
         problems, how = check_epoch(layout, epoch)
-        where = shown(layout.epoch_dir(epoch))
+        where = printable(layout.epoch_dir(epoch))
         if problems:
             failed += 1
             print(f"FAILED  epoch {epoch:>{width}}  {where}")
@@ -96,11 +95,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
             p = layout.read_pointer(name)
             if p.kind != "missing" and p.epoch is None:
                 broken.append(name)
-                print(f"FAILED  {name}  {shown(p.path)}: {shown(p.problem)}")
+                print(f"FAILED  {name}  {printable(p.path)}: {printable(p.problem)}")
     # The verdict is the command's result, like "all hold": stdout. stderr is for
     # errors that stopped the command (exit 2).
     if not epochs:
-        print(f"no checkpoints in {shown(layout.epochs_dir)}")
+        print(f"no checkpoints in {printable(layout.epochs_dir)}")
     if failed or broken:
         parts = [f"{failed} of {len(epochs)} checked failed"] if epochs else []
         if broken:

@@ -39,7 +39,7 @@ from .rng_file import RNG_FILE, RngFile
 from .stores import Entries, capture_weights, reading_store_class, write_weights
 
 if TYPE_CHECKING:
-    from ...commit import FileSink
+    from ...storage.sink import FileSink
 
 MODEL_FILE = "model.weights.h5"
 LEGACY_MODEL_FILE = "model.h5"

@@ -41,7 +41,7 @@ from .files import (
 from .matching import RestorePlan, plan_restore, type_name
 
 if TYPE_CHECKING:
-    from ...commit import FileSink
+    from ...storage.sink import FileSink
 
 
 @dataclass

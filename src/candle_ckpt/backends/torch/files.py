@@ -15,11 +15,11 @@ import torch
 
 from ...coordination import Coordinator
 from ...errors import CheckpointCorruptError, CheckpointMismatchError
-from ...safeio import open_regular
+from ...storage.safeio import open_regular
 from .. import rng as global_rng
 
 if TYPE_CHECKING:
-    from ...commit import FileSink
+    from ...storage.sink import FileSink
 
 MODEL_FILE = "model.pt"
 FORMAT = "candle-ckpt-torch"

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import xxhash
 
-from .errors import UnsafeFileError
+from ..errors import UnsafeFileError
 from .layout import INFO_FILE, read_info_file
 from .safeio import describe_mode, display_path, open_regular, printable
 

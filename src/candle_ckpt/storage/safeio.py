@@ -23,7 +23,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from .errors import UnsafeFileError
+from ..errors import UnsafeFileError
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)

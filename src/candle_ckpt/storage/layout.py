@@ -22,6 +22,9 @@ INFO_FILE = "ckpt-info.json"
 LOG_FILE = "ckpt.log"
 LOCK_FILE = "ckpt.lock"
 POINTERS = ("last", "best")
+# How times are written everywhere: ckpt-info.json's "timestamp", ckpt.log's lines, the
+# lock file's holder, and how ckpt_walltime_end is read.
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 _EPOCH_RE = re.compile(r"[0-9]+", re.ASCII)
 MAX_INFO_BYTES = 64 << 20  # far above any real ckpt-info.json; bounds what a bad one costs
 _MAX_POINTER_BYTES = 4096
@@ -405,30 +408,86 @@ class CheckpointSummary:
         return CkptKey(self.epoch, self.batch)
 
 
+def info_problem(layout: Layout, epoch: int, batch: int = 0) -> str | None:
+    """Why a checkpoint's ``ckpt-info.json`` must not be read, or None when it may be.
+
+    Checked before any read, without following links: a symlink (to ``/dev/zero``, a
+    FIFO, a file elsewhere), a device or FIFO (a read would hang), or a file too big to
+    be one. A missing file is not a problem here (the checkpoint is incomplete).
+    """
+    path = layout.epoch_dir(epoch, batch) / INFO_FILE
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return f"{INFO_FILE}: cannot be examined: {_why(err)}"
+    if stat.S_ISLNK(st.st_mode):
+        return f"{INFO_FILE}: is a symlink (never followed)"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{INFO_FILE}: not a regular file"
+    if st.st_size > MAX_INFO_BYTES:
+        return f"{INFO_FILE}: {st.st_size:,} bytes, too big to be a checkpoint's record"
+    return None
+
+
+def read_info_safely(layout: Layout, epoch: int, batch: int = 0) -> dict[str, Any]:
+    """A checkpoint's parsed ``ckpt-info.json``; ValueError when it must not or cannot be
+    read (``batch`` > 0: a mid-epoch checkpoint).
+
+    Raises:
+        FileNotFoundError: there is none (an incomplete checkpoint).
+        ValueError: see :func:`info_problem`, or it is not a JSON object.
+        OSError: it cannot be read.
+    """
+    problem = info_problem(layout, epoch, batch)
+    if problem is not None:
+        raise ValueError(problem)
+    try:
+        return layout.read_info(epoch, batch)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _incomplete_problem(directory: Path) -> str | None:
+    """What keeps a checkpoint without a readable ``ckpt-info.json`` from being looked at,
+    beyond the file simply not being there yet (None then)."""
+    try:
+        os.stat(directory / INFO_FILE, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return f"cannot be looked into: {_why(err)}"
+    return f"{INFO_FILE} is not a regular file"
+
+
 def summarize(layout: Layout) -> list[CheckpointSummary]:
-    """Every epoch directory with its parsed info and last/best markers. Never raises."""
+    """Every checkpoint directory with its parsed info and markers, oldest first.
+
+    Epoch-end directories (complete or not), then complete mid-epoch checkpoints. Never
+    raises: any content of a ``ckpt-info.json`` (deep nesting, a directory in its place,
+    a link ...) makes that one row's ``error`` say why, instead of stopping the listing.
+    """
     last = layout.read_pointer("last")
     best = layout.read_pointer("best")
+    keys = [(CkptKey(e), layout.is_complete(e)) for e in layout.list_epochs()]
+    keys += [(k, True) for k in layout.complete_keys() if k.partial]
     rows = []
-    for e in layout.list_epochs():
-        row = CheckpointSummary(e, layout.epoch_dir(e), layout.is_complete(e))
-        if row.complete:
+    for key, complete in keys:
+        row = CheckpointSummary(key.epoch, layout.epoch_dir(key.epoch, key.batch), complete,
+                                batch=key.batch)
+        if complete:
             try:
-                row.info = layout.read_info(e)
-            except (OSError, ValueError) as err:
-                row.error = f"unreadable {INFO_FILE}: {_why(err)}"
+                row.info = read_info_safely(layout, key.epoch, key.batch)
+            except Exception as err:  # any content is one unreadable row, not a crash
+                row.error = f"unreadable {INFO_FILE}: {_show(err)}"
         else:
-            try:
-                os.stat(layout.epoch_dir(e) / INFO_FILE, follow_symlinks=False)
-            except FileNotFoundError:
-                pass
-            except OSError as err:
-                row.error = f"cannot be looked into: {_why(err)}"
-            else:
-                row.error = f"{INFO_FILE} is not a regular file"
-        if last.ok and last.epoch == e:
+            row.error = _incomplete_problem(row.path)
+        if last.ok and last.key == key:
             row.markers.append("last")
-        if best.ok and best.epoch == e:
+        if key.partial:
+            row.markers.append("mid-epoch")
+        elif best.ok and best.key == key:
             row.markers.append("best")
         rows.append(row)
-    return rows
+    return sorted(rows, key=lambda r: r.key)
