@@ -1,4 +1,4 @@
-"""Hostile trees and faulty filesystems (issue 11): links are never followed, special
+"""Hostile trees and faulty filesystems: links are never followed, special
 files never opened, any ckpt-info.json content is a verdict (never a crash), the writer
 lock is one writer per directory (also within a process and across fork), and deletion
 failures after the commit point are reported as CheckpointDeleteError.
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fshelpers import blobs, engine, train
 
 from candle_ckpt import CheckpointLockedError, CheckpointWriteError, CkptParamError, commit
 from candle_ckpt.commit import Committer, FileSink, acquire_writer_lock
@@ -31,6 +30,7 @@ from candle_ckpt.errors import CheckpointDeleteError, LockLostError, UnsafeFileE
 from candle_ckpt.integrity import check_checkpoint, safe_member
 from candle_ckpt.layout import INFO_FILE, Layout, read_info_file, summarize
 from candle_ckpt.safeio import append_log_line, check_log_file, one_line, printable
+from tests.helpers.fs import blobs, engine, train
 
 
 @pytest.fixture(autouse=True)

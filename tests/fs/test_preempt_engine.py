@@ -8,10 +8,10 @@ import os
 import signal
 
 import pytest
-from fshelpers import blobs, ckpts, engine, link_target, train
 
 from candle_ckpt import CkptParamError, commit, preempt
 from candle_ckpt.layout import CkptKey, Layout, parse_key
+from tests.helpers.fs import blobs, ckpts, engine, link_target, train
 
 
 class FakeClock:
@@ -148,6 +148,7 @@ def test_restart_falls_back_across_mid_epoch_checkpoints_in_order(tmp_path, cloc
         J = e.restart()
     assert J is not None and (J["epoch"], J["batch"]) == (2, 0) and e.state == blobs(2)
     assert J["skipped"][0]["batch"] == 7
+    assert J["skipped"][0]["path"] == str(newest.parent)
 
 
 def test_checkpoint_names_parse_one_way_only():
