@@ -378,6 +378,7 @@ def test_the_guide_parameter_table_has_one_row_per_parameter_with_its_default_an
     assert all(row.count("|") - row.count("\\|") == 5 for row in rows)
 
 
+# ------------------------------------------ conversions, ranges, the settings record
 @pytest.mark.parametrize("value", [-1, -0.5, "-2", -1e-300, float("nan"), "nan"])
 def test_a_negative_or_nan_float_nn_is_refused(value):
     with pytest.raises(CkptParamError) as err:

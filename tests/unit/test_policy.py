@@ -321,6 +321,7 @@ def test_best_among_is_the_earliest_checkpoint_holding_the_best_finite_metric(re
     assert best.epoch == min(e for e, v in finite.items() if v == target)
 
 
+# ------------------------------------------------------------------ rules, case by case
 @pytest.mark.parametrize("metric", ["acc1", "val_acc1", "auc_2", "top5", "f1_score", "r2",
                                     "val_accuracy", "ACC", "val-iou", "dice12", "map50"])
 def test_accuracy_like_names_with_trailing_digits_are_maximised(metric):

@@ -96,6 +96,7 @@ def test_as_metric_refuses_non_numbers(value):
         as_metric(value, "metric_value")
 
 
+# ------------------------------------------------------------------ the schema, field by field
 T = datetime(2026, 3, 4, 5, 6, 7).timestamp()
 
 
