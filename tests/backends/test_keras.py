@@ -249,7 +249,7 @@ def test_checkpoint_files_and_info_are_keras_native(tmp_path: Path) -> None:
 
 
 def test_rng_file_and_info_name_every_stream_in_use(tmp_path: Path) -> None:
-    """Issue 16: every RNG stream the run drew from is in rng-state.json and rng_streams."""
+    """Every RNG stream the run drew from is in rng-state.json and rng_streams."""
     x, y = data()
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8),
                               keras.layers.Dropout(0.5), keras.layers.GaussianNoise(0.1),
@@ -604,7 +604,7 @@ def test_kill_and_restart_is_bit_identical_to_training_straight(
 @pytest.mark.parametrize("save", ["sync", "async"])
 def test_kill_and_restart_on_a_gpu_is_bit_identical_to_training_straight(
         tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, save: str) -> None:
-    """Issue 16: Keras on torch with CUDA; Dropout draws from the CUDA generators."""
+    """Keras on torch with CUDA; Dropout draws from the CUDA generators."""
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device (torch.cuda.is_available() is False here); the "

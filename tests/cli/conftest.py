@@ -1,15 +1,12 @@
-"""Fixtures of the command-line tests (helpers live in cli_helpers.py)."""
+"""Fixtures of the command-line tests (helpers live in tests/helpers/cli.py)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from cli_helpers import train  # noqa: E402
+from tests.helpers.cli import train
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_helpers import assert_one_line_error, list_json, run_cli, train
 
 from candle_ckpt.policy import epochs_to_keep
+from tests.helpers.cli import assert_one_line_error, list_json, run_cli, train
 
 
 def flip_byte(path: Path, offset: int = 100) -> None:

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_helpers import assert_one_line_error, list_json, run_cli
+
+from tests.helpers.cli import assert_one_line_error, list_json, run_cli
 
 
 @pytest.mark.parametrize("framework", ["torch", "keras"])

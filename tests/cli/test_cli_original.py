@@ -13,7 +13,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from cli_helpers import FIXTURES, assert_one_line_error, list_json, run_cli, train
+
+from tests.helpers.cli import FIXTURES, assert_one_line_error, list_json, run_cli, train
 
 METRIC = {"keras": "val_loss", "torch": "loss"}
 

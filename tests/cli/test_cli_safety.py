@@ -1,4 +1,4 @@
-"""The command line is safe on any tree (issue 11 §6).
+"""The command line is safe on any tree.
 
 ``prune`` never deletes what a restart needs: the checkpoint a restart would load now
 (``last``, or the valid one restart falls back to when ``last`` is damaged) and the
@@ -18,13 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cli_helpers import list_json, run_cli, train
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from candle_ckpt.cli import main
 from candle_ckpt.cli.verify import is_valid
 from candle_ckpt.storage.layout import Layout
+from tests.helpers.cli import list_json, run_cli, train
 
 Damage = Callable[[Path], None]
 

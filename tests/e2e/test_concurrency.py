@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import TRAINER
 
 from candle_ckpt.storage.integrity import verify_checkpoint
 from candle_ckpt.storage.layout import Layout
+from tests.helpers.harness import TRAINER
 
 
 @pytest.mark.parametrize("framework", ["files", "torch"])

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from harness import check_restart, run
+
+from tests.helpers.harness import check_restart, run
 
 
 def test_check_restart_accepts_resume_at_newest_returned_save() -> None:

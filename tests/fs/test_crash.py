@@ -1,4 +1,4 @@
-"""A crash at every named step of the commit protocol (DESIGN §5) is harmless.
+"""A crash at every named step of the commit protocol is harmless.
 
 A subprocess saves a checkpoint with ``candle_ckpt.storage.fsio._on_step`` set to ``os._exit``
 at the n-th occurrence of a step; a fresh engine must then restart from the newest
@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from fshelpers import blobs, ckpts, engine, train
 
 from candle_ckpt.storage.integrity import verify_checkpoint
 from candle_ckpt.storage.layout import Layout
+from tests.helpers.fs import blobs, ckpts, engine, train
+from tests.helpers.process import child_env
 
 CRASH_CODE = 77
 
@@ -28,8 +29,7 @@ CHILD = textwrap.dedent("""
     import json, os, sys
     import candle_ckpt.storage.fsio
     from candle_ckpt.testing import CandleCkptFiles
-    sys.path.insert(0, sys.argv[3])
-    from fshelpers import blobs
+    from tests.helpers.fs import blobs
 
     config = json.loads(sys.argv[2])
     params = {"epochs": 20, "ckpt_directory": sys.argv[1], "ckpt_checksum": True}
@@ -143,9 +143,8 @@ def run_child(directory: Path, sc: Scenario, step: str | None, occurrence: int =
     config = {"params": sc.params, "restart": sc.restart, "pre": sc.pre, "save": sc.save,
               "step": step, "occurrence": occurrence, "exit_code": CRASH_CODE}
     return subprocess.run(
-        [sys.executable, "-c", CHILD, str(directory), json.dumps(config),
-         str(Path(__file__).parent)],
-        capture_output=True, text=True, timeout=120, check=False,
+        [sys.executable, "-c", CHILD, str(directory), json.dumps(config)],
+        capture_output=True, text=True, timeout=120, check=False, env=child_env(),
     )
 
 

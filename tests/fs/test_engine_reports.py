@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from candle_ckpt import CkptParamError
 from candle_ckpt.testing import CandleCkptFiles
+from tests.helpers.fs import blobs, engine
 
 
 def test_a_bad_root_from_output_dir_names_output_dir(tmp_path):
@@ -42,3 +45,18 @@ def test_a_misspelt_ckpt_key_is_warned_about_on_the_console_and_in_the_log(tmp_p
     assert "WARNING" in log and "did you mean 'ckpt_keep_limit'?" in log
     CandleCkptFiles({"epochs": 2, "ckpt_directory": str(tmp_path)}, verbose=False).close()
     assert "did you mean" not in capsys.readouterr().out
+
+
+def test_the_final_reports_time_saving_is_the_sum_over_every_save(tmp_path):
+    with engine(tmp_path, ckpt_checksum=True) as e:
+        for epoch in range(1, 5):  # files large enough that each save takes some time
+            e.set_model(blobs(epoch, sizes=(4 << 20, 517)))
+            assert e.ckpt_epoch(epoch - 1, "-", 1.0 / epoch)
+        e.report_final()
+    log = (tmp_path / "ckpt.log").read_text()
+    each = [float(s) for s in re.findall(r"epoch \d: saved \S+ in ([0-9.]+)s", log)]
+    reported = re.findall(r"checkpoints written this run: 4 .*; time saving ([0-9.]+)s", log)
+    assert len(each) == 4 and len(reported) == 1
+    # Every figure is rounded to the millisecond: the sum is exact to within that.
+    assert float(reported[0]) == pytest.approx(sum(each), abs=0.0005 * (len(each) + 1))
+    assert sum(each[:-1]) > 0.003  # so the earlier saves count: the last alone is not it

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of real checkpoint trees (issue 11 §2 and §6).
+"""Property-based fuzzing of real checkpoint trees: restart and the command line.
 
 A template run (4 epochs, best = 2, last = 4; checksums on and off) is written once by
 CandleCkptFiles; each example copies it, damages the copy (random bytes, truncation,
@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fshelpers import make_params
+
+from tests.helpers.fs import make_params
 
 hypothesis = pytest.importorskip("hypothesis")  # a dev dependency: always there in CI
 from hypothesis import HealthCheck, given, settings  # noqa: E402

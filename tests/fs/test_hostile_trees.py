@@ -1,4 +1,4 @@
-"""Hostile trees and faulty filesystems (issue 11): links are never followed, special
+"""Hostile trees and faulty filesystems: links are never followed, special
 files never opened, any ckpt-info.json content is a verdict (never a crash), the writer
 lock is one writer per directory (also within a process and across fork), and deletion
 failures after the commit point are reported as CheckpointDeleteError.
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fshelpers import blobs, engine, train
 
 from candle_ckpt import CheckpointLockedError, CheckpointWriteError, CkptParamError
 from candle_ckpt.errors import CheckpointDeleteError, LockLostError, UnsafeFileError
@@ -34,6 +33,7 @@ from candle_ckpt.storage.layout import INFO_FILE, Layout, read_info_file, summar
 from candle_ckpt.storage.lock import acquire_writer_lock
 from candle_ckpt.storage.safeio import append_log_line, check_log_file, one_line, printable
 from candle_ckpt.storage.sink import FileSink
+from tests.helpers.fs import blobs, engine, train
 
 
 @pytest.fixture(autouse=True)

@@ -10,10 +10,12 @@ import textwrap
 import threading
 
 import pytest
-from fshelpers import blobs, ckpts, engine, train
 
 from candle_ckpt import CheckpointLockedError
+from candle_ckpt.errors import LockLostError
+from candle_ckpt.storage.lock import acquire_writer_lock
 from candle_ckpt.testing import CandleCkptFiles
+from tests.helpers.fs import blobs, ckpts, engine, train
 
 HOLDER = textwrap.dedent("""
     import sys
@@ -208,3 +210,31 @@ def test_a_second_engine_in_the_process_is_refused_and_leaves_an_inflight_save_a
         fsio._on_step = None
     first.close()
     assert os.readlink(tmp_path / "ckpts/last") == "epochs/001"
+
+
+# The writer lock's errors say what was wrong and what to do: these pin the advice,
+# not the prose.
+def test_a_released_lock_tells_to_build_a_new_engine(tmp_path):
+    lock = acquire_writer_lock(tmp_path)
+    lock.release()
+    with pytest.raises(LockLostError) as err:
+        lock.check()
+    assert "close() was called" in str(err.value) and "new engine" in str(err.value)
+
+
+def test_a_holder_whose_lock_file_cannot_be_read_is_unknown(tmp_path, monkeypatch):
+    proc = start_holder(tmp_path)
+    try:
+        real = os.pread
+
+        def refuse(fd, n, offset):
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(os, "pread", refuse)
+        with pytest.raises(CheckpointLockedError) as err:
+            engine(tmp_path)
+        monkeypatch.setattr(os, "pread", real)
+    finally:
+        proc.communicate("go\n", timeout=60)
+    assert "(unknown)" in str(err.value) and f"pid {proc.pid}" not in str(err.value)
+    assert "another ckpt_directory" in str(err.value)

@@ -18,7 +18,7 @@ import pytest
 from candle_ckpt.storage.layout import Layout
 from candle_ckpt.testing import CandleCkptFiles
 
-# ../shared beside the repository, as issue 2 names it.
+# Checkpoints written by the original CANDLE code, in ../shared beside the repository.
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "original-candle"
 if not FIXTURES.is_dir():  # a clone somewhere other than beside shared/
     FIXTURES = Path("/work/shared/fixtures/original-candle")

@@ -8,11 +8,11 @@ import os
 import signal
 
 import pytest
-from fshelpers import blobs, ckpts, engine, link_target, train
 
 from candle_ckpt import CkptParamError, preempt
 from candle_ckpt.storage import fsio
 from candle_ckpt.storage.layout import CkptKey, Layout, parse_key
+from tests.helpers.fs import blobs, ckpts, engine, link_target, train
 
 
 class FakeClock:
@@ -149,6 +149,7 @@ def test_restart_falls_back_across_mid_epoch_checkpoints_in_order(tmp_path, cloc
         J = e.restart()
     assert J is not None and (J["epoch"], J["batch"]) == (2, 0) and e.state == blobs(2)
     assert J["skipped"][0]["batch"] == 7
+    assert J["skipped"][0]["path"] == str(newest.parent)
 
 
 def test_checkpoint_names_parse_one_way_only():

@@ -1,4 +1,4 @@
-"""Restart (DESIGN §6): modes, layouts, rollback, validation and fallback, keep scope."""
+"""Restart: modes, layouts, rollback, validation and fallback, keep scope."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fshelpers import blobs, ckpts, engine, epoch_dirs, info, link_target, make_params, train
 
 from candle_ckpt import (
     CandleCkpt,
@@ -20,6 +19,7 @@ from candle_ckpt import (
 )
 from candle_ckpt.policy import epochs_to_keep
 from candle_ckpt.testing import CandleCkptFiles, FilesBackend
+from tests.helpers.fs import blobs, ckpts, engine, epoch_dirs, info, link_target, make_params, train
 
 
 def three_epochs(directory: Path, **overrides) -> None:
@@ -234,6 +234,7 @@ def test_damaged_file_falls_back_to_the_newest_older_checkpoint(tmp_path, damage
     assert Path(J["restarted_from"]) == ckpts(tmp_path) / "epochs" / "002"
     assert [s["epoch"] for s in J["skipped"]] == [3]
     assert victim in J["skipped"][0]["reason"]
+    assert Path(J["skipped"][0]["path"]) == ckpts(tmp_path) / "epochs" / "003"
     assert f"skipping {ckpts(tmp_path) / 'epochs' / '003'}: " in log_text(tmp_path)
     assert "restarting from epoch: 2" in log_text(tmp_path)
 

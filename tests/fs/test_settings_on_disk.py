@@ -1,4 +1,4 @@
-"""What two settings do to the tree (issue 12 §1, §3), through the public API.
+"""What two settings do to the tree, through the public API.
 
 - ``ckpt_save_interval = 0`` saves nothing: no interval, best or final checkpoint.
 - ``ckpt_directory`` absent or None: the root is ``output_dir`` when given (candle_lib's

@@ -21,6 +21,7 @@ from candle_ckpt import (
     param,
     param_allowed,
     param_type_check,
+    params,
 )
 from candle_ckpt.params import CKPT_PARAMS, DEFAULT_DIRECTORY, read_settings
 from candle_ckpt.testing import CandleCkptFiles
@@ -375,3 +376,167 @@ def test_the_guide_parameter_table_has_one_row_per_parameter_with_its_default_an
     assert "| *unset* | string |" in by_name["ckpt_directory"]
     # A "|" in a help text is escaped, so it stays inside its cell.
     assert all(row.count("|") - row.count("\\|") == 5 for row in rows)
+
+
+# ------------------------------------------ conversions, ranges, the settings record
+@pytest.mark.parametrize("value", [-1, -0.5, "-2", -1e-300, float("nan"), "nan"])
+def test_a_negative_or_nan_float_nn_is_refused(value):
+    with pytest.raises(CkptParamError) as err:
+        param_type_check("ckpt_walltime_margin", value, ParamType.FLOAT_NN)
+    assert not isinstance(err.value, CkptParamTypeError)  # a range error, not a type one
+
+
+@pytest.mark.parametrize("value,expected", [(0, 0.0), ("0", 0.0), (2.5, 2.5), (" 3 ", 3.0),
+                                            (-0.0, 0.0)])
+def test_a_non_negative_float_nn_is_accepted(value, expected):
+    assert param_type_check("k", value, ParamType.FLOAT_NN) == expected
+
+
+def test_a_plain_float_may_be_negative():
+    assert param_type_check("k", "-2.5", ParamType.FLOAT) == -2.5
+
+
+def test_negative_float_nn_settings_are_refused_by_read_settings():
+    for key in ("ckpt_save_interval_seconds", "ckpt_walltime_margin"):
+        with pytest.raises(CkptParamError, match=key):
+            read_settings({"epochs": 1, key: -1})
+    s = read_settings({"epochs": 1, "ckpt_save_interval_seconds": "0",
+                       "ckpt_walltime_margin": 0})
+    assert (s.save_interval_seconds, s.walltime_margin) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("value,type_,expected", [
+    (0, ParamType.INTEGER_NN, 0), (1, ParamType.INTEGER_GZ, 1), (-3, ParamType.INTEGER, -3),
+    (2.0, ParamType.INTEGER_NN, 2), (" 7 ", ParamType.INTEGER_GZ, 7),
+])
+def test_integers_in_range_are_accepted(value, type_, expected):
+    assert param_type_check("k", value, type_) == expected
+
+
+@pytest.mark.parametrize("value,type_", [(-1, ParamType.INTEGER_NN), (0, ParamType.INTEGER_GZ),
+                                         (-1, ParamType.INTEGER_GZ)])
+def test_integers_out_of_range_are_a_range_error(value, type_):
+    with pytest.raises(CkptParamError) as err:
+        param_type_check("k", value, type_)
+    assert not isinstance(err.value, CkptParamTypeError)
+
+
+@pytest.mark.parametrize("value", [True, 2.5, "x", [1], None.__class__])
+def test_non_integers_are_a_type_error(value):
+    with pytest.raises(CkptParamTypeError):
+        param_type_check("k", value, ParamType.INTEGER)
+
+
+@pytest.mark.parametrize("value", [True, "x", [1.0], None.__class__])
+def test_non_floats_are_a_type_error(value):
+    with pytest.raises(CkptParamTypeError):
+        param_type_check("k", value, ParamType.FLOAT)
+
+
+@pytest.mark.parametrize("text,expected", [("true", True), ("T", True), (" yes ", True),
+                                           ("on", True), ("1", True), ("y", True),
+                                           ("false", False), ("F", False), ("no", False),
+                                           ("off", False), ("0", False), ("n", False),
+                                           (1, True), (0, False), (True, True)])
+def test_booleans(text, expected):
+    assert param_type_check("k", text, ParamType.BOOLEAN) is expected
+
+
+@pytest.mark.parametrize("value", ["maybe", 2, 1.0, None.__class__, ""])
+def test_non_booleans_are_a_type_error(value):
+    with pytest.raises(CkptParamTypeError):
+        param_type_check("k", value, ParamType.BOOLEAN)
+
+
+def test_strings_and_paths():
+    from pathlib import Path
+
+    assert param_type_check("k", Path("a/b"), ParamType.STRING) == "a/b"
+    assert param_type_check("k", None, ParamType.INTEGER) is None
+    with pytest.raises(CkptParamTypeError):
+        param_type_check("k", 3, ParamType.STRING)
+
+
+def test_param_defaults_required_and_allowed():
+    assert param({}, "k", 3, ParamType.INTEGER) == 3
+    assert param({"k": None}, "k", 3, ParamType.INTEGER) == 3
+    assert param(argparse.Namespace(k="4"), "k", 3, ParamType.INTEGER) == 4
+    assert param(None, "k", "x") == "x"
+    with pytest.raises(CkptParamError, match="required"):
+        param({}, "k", params.ParamRequired())
+    with pytest.raises(CkptParamError, match="required"):
+        param({}, "k", params.ParamRequired)
+    with pytest.raises(CkptParamError, match="'a', 'b'"):
+        param({"k": "c"}, "k", "a", ParamType.STRING, ("a", "b"))
+
+
+def test_enabled_and_disabled():
+    assert params.enabled({"k": "yes"}, "k") and not params.disabled({"k": "yes"}, "k")
+    assert params.disabled({"k": 0}, "k") and not params.enabled({"k": 0}, "k")
+    assert not params.enabled({}, "k") and not params.disabled({}, "k")
+    assert not params.enabled({"k": None}, "k") and not params.disabled({"k": None}, "k")
+
+
+def test_read_settings_directory_sources(tmp_path):
+    s = read_settings({"epochs": 1, "ckpt_directory": str(tmp_path)})
+    assert s.directory == tmp_path and s.directory_source == "ckpt_directory"
+    s = read_settings({"epochs": 1, "output_dir": str(tmp_path)})
+    assert s.directory == tmp_path and s.directory_source.startswith("output_dir")
+    s = read_settings({"epochs": 1})
+    assert str(s.directory) == "save" and s.directory_source.startswith("default")
+    for key in ("ckpt_directory", "output_dir"):
+        with pytest.raises(CkptParamError, match=key):
+            read_settings({"epochs": 1, key: "  "})
+        with pytest.raises(CkptParamError, match="NUL"):
+            read_settings({"epochs": 1, key: "a\0b"})
+
+
+def test_read_settings_checks_the_whole_record():
+    with pytest.raises(CkptParamError, match="epochs"):
+        read_settings({})
+    assert read_settings({}, epochs_required=False).epochs is None
+    with pytest.raises(CkptParamError, match="gParameters"):
+        read_settings([("epochs", 1)])
+    with pytest.raises(CkptParamError, match="nan"):
+        read_settings({"epochs": 1, "ckpt_best_metric_last": "nan"})
+    with pytest.raises(CkptParamError, match="ckpt_save_best_metric"):
+        read_settings({"epochs": 1, "ckpt_save_best_metric": ""})
+    s = read_settings({"epochs": 1, "ckpt_save_best": False, "ckpt_save_best_metric": ""})
+    assert s.save_best is False
+    assert read_settings({"epochs": 1, "metadata": "job 7"}).metadata == "job 7"
+    assert read_settings({"epochs": 1, "metadata": "a", "ckpt_metadata": "b"}).metadata == "b"
+    s = read_settings({"epochs": 1, "ckpt_signals": ["SIGUSR1"]})
+    assert s.signals == ["SIGUSR1"]
+
+
+def test_read_settings_defaults():
+    s = read_settings({"epochs": 3})
+    assert (s.restart_mode, s.save_best, s.save_best_metric, s.save_best_mode) == (
+        "auto", True, "val_loss", "auto")
+    assert (s.skip_epochs, s.save_interval, s.checksum, s.keep_mode, s.keep_limit) == (
+        0, 1, False, "linear", 1000000)
+    assert (s.save_weights_only, s.best_metric_last, s.async_save, s.epochs) == (
+        False, None, False, 3)
+    assert (s.signals, s.requeue, s.save_interval_seconds, s.walltime_end,
+            s.walltime_margin) == ("auto", "auto", 0.0, "auto", 300.0)
+
+
+def test_ckpt_parser_and_defs_cover_every_parameter():
+    parser = params.ckpt_parser(argparse.ArgumentParser())
+    ns = parser.parse_args(["--ckpt_save_best", "no", "--ckpt_keep_limit", "3",
+                            "--ckpt_walltime_margin", "1.5"])
+    assert ns.ckpt_save_best is False and ns.ckpt_keep_limit == 3
+    assert ns.ckpt_walltime_margin == 1.5 and ns.ckpt_restart_mode == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--ckpt_keep_mode", "newest"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--ckpt_checksum", "maybe"])
+    defs = params.ckpt_defs([{"name": "x"}])
+    assert defs[0] == {"name": "x"}
+    by_name = {d["name"]: d for d in defs[1:]}
+    assert set(by_name) == {d.name for d in params.CKPT_PARAMS}
+    assert by_name["ckpt_keep_mode"]["choices"] == ["linear", "exponential", "all"]
+    assert by_name["ckpt_keep_limit"]["type"] is int
+    assert by_name["ckpt_walltime_margin"]["type"] is float
+    assert by_name["ckpt_metadata"]["type"] is str
+    assert "choices" not in by_name["ckpt_metadata"]

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from candle_ckpt import CkptParamError
+from candle_ckpt import CkptParamError, policy
 from candle_ckpt.policy import (
+    BestTracker,
     best_among,
     best_direction,
     epochs_to_delete,
@@ -148,7 +149,7 @@ def linear_oracle(limit, epochs, now, best, protected):
 
 
 def exponential_oracle(limit, epochs, now, best, protected):
-    """Issue 2's rule, spelled out independently of the implementation."""
+    """The exponential rule, spelled out independently of the implementation."""
     always = ({now, best} | set(protected)) & set(epochs)
     kept = {now} & set(epochs)
     k = 0
@@ -318,3 +319,128 @@ def test_best_among_is_the_earliest_checkpoint_holding_the_best_finite_metric(re
     target = max(finite.values()) if sign == "+" else min(finite.values())
     assert best.value == target
     assert best.epoch == min(e for e, v in finite.items() if v == target)
+
+
+# ------------------------------------------------------------------ rules, case by case
+@pytest.mark.parametrize("metric", ["acc1", "val_acc1", "auc_2", "top5", "f1_score", "r2",
+                                    "val_accuracy", "ACC", "val-iou", "dice12", "map50"])
+def test_accuracy_like_names_with_trailing_digits_are_maximised(metric):
+    d = best_direction(metric, "auto")
+    assert d.sign == "+" and d.mode == "max"
+
+
+@pytest.mark.parametrize("metric", ["loss", "val_loss", "mse", "mae2", "accident", "acc1x",
+                                    "xacc", "1acc", "lr"])
+def test_other_names_are_minimised(metric):
+    d = best_direction(metric, "auto")
+    assert d.sign == "-" and d.mode == "min"
+
+
+def test_an_explicit_mode_wins_over_the_name():
+    assert best_direction("acc", "min").sign == "-"
+    assert best_direction("loss", "max").sign == "+"
+    with pytest.raises(CkptParamError, match="auto"):
+        best_direction("loss", "highest")
+
+
+@pytest.mark.parametrize("value,best,sign,expected", [
+    (1.0, 2.0, "-", True), (2.0, 1.0, "-", False), (1.0, 1.0, "-", False),
+    (2.0, 1.0, "+", True), (1.0, 2.0, "+", False), (1.0, 1.0, "+", False),
+    (1.0, None, "+", True), (1.0, math.inf, "-", True), (1.0, math.nan, "+", True),
+    (None, 1.0, "-", False), (math.nan, None, "-", False), (math.inf, None, "+", False),
+    (-math.inf, None, "-", False),
+])
+def test_is_improvement(value, best, sign, expected):
+    assert is_improvement(value, best, sign) is expected
+
+
+def test_is_improvement_refuses_an_unknown_sign():
+    with pytest.raises(CkptParamError):
+        is_improvement(1.0, 2.0, "min")
+
+
+def test_best_tracker_after_keeps_itself_unless_improved():
+    t = BestTracker("-")
+    t1 = t.after(1, 0.5)
+    assert (t1.value, t1.epoch, t1.sign) == (0.5, 1, "-")
+    assert t1.after(2, 0.7) is t1
+    assert t1.after(2, 0.7, "+").epoch == 2  # an explicit sign overrides
+    assert t1.after(3, 0.4).epoch == 3
+
+
+@pytest.mark.parametrize("epoch,skip,interval,best,new_best,total,save", [
+    (1, 0, 1, True, False, 10, True), (3, 0, 2, True, False, 10, False),
+    (4, 0, 2, False, False, 10, True), (3, 0, 2, True, True, 10, True),
+    (3, 0, 2, False, True, 10, False), (10, 0, 3, False, False, 10, True),
+    (10, 0, 3, False, False, None, False), (2, 2, 1, True, True, 10, False),
+    (3, 2, 1, True, False, 10, True), (5, 0, 0, True, True, 5, False),
+])
+def test_should_save(epoch, skip, interval, best, new_best, total, save):
+    d = should_save(epoch, epochs_total=total, skip_epochs=skip, save_interval=interval,
+                    save_best=best, is_new_best=new_best)
+    assert d.save is save
+
+
+def test_should_save_refuses_a_negative_interval():
+    with pytest.raises(CkptParamError):
+        should_save(1, epochs_total=1, skip_epochs=0, save_interval=-1, save_best=True,
+                    is_new_best=True)
+
+
+def test_keep_linear_counts_the_best_within_the_limit():
+    assert policy.epochs_to_keep("linear", 2, [1, 2, 3, 4, 5], 5, None) == {4, 5}
+    assert policy.epochs_to_keep("linear", 2, [1, 2, 3, 4, 5], 5, 1) == {1, 4, 5}
+    assert policy.epochs_to_keep("linear", 3, [1, 2, 3, 4, 5], 5, 4) == {3, 4, 5}
+    assert policy.epochs_to_keep("linear", 1, [1, 2, 3], 3, None, protected=[1]) == {1, 3}
+
+
+def test_keep_ignores_protected_epochs_this_run_did_not_write():
+    assert policy.epochs_to_keep("linear", 1, [2, 3], 3, 7, protected=[9]) == {3}
+    assert policy.epochs_to_keep("all", 1, [2, 3], 3, None, protected=[9]) == {2, 3}
+
+
+def test_keep_exponential_keeps_the_newest_of_each_band():
+    # ages 1, 2-3, 4-7, 8-15 back from 16
+    kept = policy.epochs_to_keep("exponential", 100, range(1, 17), 16, None)
+    assert kept == {16, 15, 14, 12, 8}
+    assert policy.epochs_to_keep("exponential", 3, range(1, 17), 16, None) == {16, 15, 14}
+    assert policy.epochs_to_keep("exponential", 2, range(1, 17), 16, 1) == {16, 1}
+    # a checkpoint newer than now (left by a rollback) is kept
+    assert 20 in policy.epochs_to_keep("exponential", 100, [1, 2, 20], 2, None)
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_keep_refuses_a_limit_below_one(limit):
+    with pytest.raises(CkptParamError):
+        policy.epochs_to_keep("linear", limit, [1], 1, None)
+
+
+def test_keep_refuses_an_unknown_mode():
+    with pytest.raises(CkptParamError, match="exponential"):
+        policy.epochs_to_keep("newest", 1, [1], 1, None)
+
+
+def test_delete_is_what_is_not_kept_oldest_first():
+    assert policy.epochs_to_delete("linear", 2, [5, 1, 3, 2, 4], 5, None) == [1, 2, 3]
+
+
+def test_restart_order_and_protected():
+    assert policy.restart_order(5, [7, 1, 5, 3, 3]) == [5, 3, 1]
+    assert policy.restart_order(0, []) == [0]
+    assert policy.protected_epochs(last=3, best=None, restart_from=0, newest_valid=3) == {0, 3}
+    assert policy.protected_epochs(last=None, best=None) == set()
+
+
+def test_should_save_says_which_rule_decided():
+    def reason(epoch, **kw):
+        args = dict(epochs_total=10, skip_epochs=0, save_interval=3, save_best=True,
+                    is_new_best=False)
+        args.update(kw)
+        return should_save(epoch, **args).reason
+
+    reasons = [reason(5, save_interval=0), reason(1, skip_epochs=2), reason(4, is_new_best=True),
+               reason(6), reason(10), reason(4)]
+    assert all(isinstance(r, str) and r for r in reasons)
+    assert len(set(reasons)) == len(reasons)
+    assert "ckpt_save_interval=0" in reasons[0] and "ckpt_skip_epochs=2" in reasons[1]
+    assert "best" in reasons[2] and "interval 3" in reasons[3] and "final" in reasons[4]

@@ -1,4 +1,5 @@
-"""integrity: the cases a mutation run showed no test deciding (issue 17).
+"""integrity: manifest member names, legacy records, checksum algorithms, and the field
+checks of check_checkpoint.
 
 Each traversal case names a file that exists outside the checkpoint, so only the name
 check can reject it (a missing file would be rejected as "missing" anyway).
@@ -22,6 +23,7 @@ from candle_ckpt.storage.integrity import (
     safe_member,
     verify_checkpoint,
 )
+from tests.helpers.fs import engine, info, train
 
 DATA = b"weights " * 100
 
@@ -341,8 +343,6 @@ def test_has_checksums_of_a_legacy_record_is_its_checksum_string():
 
 
 def test_an_engine_checkpoint_with_checksums_has_checksums(tmp_path):
-    from fshelpers import engine, info, train
-
     e = engine(tmp_path, ckpt_checksum=True)
     train(e, [1])
     assert has_checksums(info(tmp_path, 1))

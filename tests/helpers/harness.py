@@ -3,7 +3,7 @@ that every restart resumes from the newest epoch whose save had returned, with e
 the weights saved at that epoch.
 
 On demand (prints "N kills, N restarts ok, 0 bad"):
-    python tests/e2e/harness.py --framework torch --kills 200
+    python -m tests.helpers.harness --framework torch --kills 200   (from the repository root)
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TRAINER = Path(__file__).with_name("trainer.py")
+TRAINER = Path(__file__).with_name("harness_trainer.py")
 
 
 @dataclass
@@ -72,7 +72,7 @@ def check_restart(lines: list[str], async_: bool) -> str | None:
 def run(framework: str, kills: int, seed: int, workdir: Path, *, async_: bool = False,
         checksum: bool = False, size: int = 0, max_delay: float = 0.0,
         epochs: int = 40) -> Outcome:
-    """SIGKILL ``kills`` runs of trainer.py at random instants; check every restart."""
+    """SIGKILL ``kills`` runs of harness_trainer.py at random instants; check every restart."""
     rng = random.Random(seed)
     size = size or {"files": 256, "torch": 512, "keras": 512}[framework]
     max_delay = max_delay or {"files": 1.0, "torch": 1.0, "keras": 2.0}[framework]

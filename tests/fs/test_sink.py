@@ -1,4 +1,4 @@
-"""sink.FileSink: files written by path (the Keras writer's way) and by stream (issue 17).
+"""FileSink: files written by path (the Keras writer's way) and by stream.
 
 fsync is observed by wrapping ``os.fsync``: a test proves that each file written by path
 is synced before it joins the manifest, and that the directory is synced last.

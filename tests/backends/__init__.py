@@ -1,0 +1,1 @@
+"""Real Keras and real PyTorch: exact resume, safety, mismatches."""

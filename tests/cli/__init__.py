@@ -1,0 +1,1 @@
+"""The command-line tool, on both layouts and on hostile trees."""

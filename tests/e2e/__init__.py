@@ -1,0 +1,1 @@
+"""Whole training runs in subprocesses: kills, pre-emption, DDP, the examples."""

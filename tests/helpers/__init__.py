@@ -1,0 +1,1 @@
+"""Code shared by the tests: import as ``tests.helpers.<module>``, never from a test module."""
