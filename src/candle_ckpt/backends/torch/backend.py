@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ from ...errors import CheckpointMismatchError, CkptParamError, CkptParamTypeErro
 from ...logs import CkptLog
 from .. import rng as global_rng
 from ..base import UNKNOWN_PROGRESS, CaptureBuffers, Progress, Restored, Written, member_name
-from . import dcp
+from . import dcp, stream
 from .copies import Copies, check_loadable
 from .entries import REQUIRED, Entry, entry_kind, entry_state, load_entry, unwrap_module
 from .files import (
@@ -259,9 +260,11 @@ class TorchBackend:
                                     objects["optimizer"], self.coord.group)
         # Before the big file; resharded, the per-rank RNG states do not map onto the ranks.
         ranks_rng = None if resharded else load_rank_rng(directory, info, self.coord)
-        plan = plan_restore(load_regular(directory / name), name, objects, self.entries,
-                            sharded=self.sharded)
+        # Mapped, not read: only names, shapes and dtypes are checked now; apply copies.
+        mapped = stream.load_mapped(directory / name, load_regular)
+        plan = plan_restore(mapped.payload, name, objects, self.entries, sharded=self.sharded)
         plan.sharded = sharded
+        plan.mapped = mapped
         if resharded:
             plan.notes.append(
                 f"{directory} was saved by {saved_world} rank(s), this run has "
@@ -282,18 +285,22 @@ class TorchBackend:
     def _apply(self, plan: RestorePlan) -> list[str]:
         """Copy a checked plan into the live objects; problems worth a warning."""
         objects = self.require_model("restart")
+        mapped = plan.mapped or stream.MappedCheckpoint(None, None)
         if plan.sharded is not None:
             dcp.apply(unwrap_module(objects["model"]), objects["optimizer"], plan.sharded)
         else:
-            unwrap_module(objects["model"]).load_state_dict(plan.model)
+            mapped.apply_module(unwrap_module(objects["model"]), plan.model)
             if plan.optimizer is not None:
-                objects["optimizer"].load_state_dict(plan.optimizer)
+                mapped.apply_optimizer(objects["optimizer"], plan.optimizer)
         by_key = {e.key: e for e in self.entries}
         for key, state in plan.entries.items():
             entry = by_key[key]
             if entry.kind == "state_dict" and state == {} and entry.obj.state_dict() == {}:
                 continue  # e.g. a disabled GradScaler, which refuses an empty state
-            load_entry(entry, state)
+            mapped.apply_state(entry.obj, state, partial(load_entry, entry))
+        # Nothing live may keep the file mapped (the keep policy deletes the file later).
+        plan.model, plan.optimizer, plan.entries = {}, None, {}
+        mapped.release()
         if plan.rng is None:
             return []
         _, problems = global_rng.restore(plan.rng, torch)

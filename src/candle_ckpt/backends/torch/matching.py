@@ -18,6 +18,7 @@ from ...errors import CheckpointMismatchError
 from .. import rng as global_rng
 from .entries import REQUIRED, Entry, unwrap_module
 from .files import FORMAT, FORMAT_VERSION
+from .stream import MappedCheckpoint
 
 
 @dataclass
@@ -31,6 +32,7 @@ class RestorePlan:
     original_candle: bool = False  # written by the original CANDLE code
     notes: list[str] = field(default_factory=list)
     sharded: dict[str, Any] | None = None  # model/optimizer read with DCP
+    mapped: MappedCheckpoint | None = None  # the model file, memory-mapped
 
 
 def plan_restore(payload: Any, name: str, objects: dict[str, Any], entries: list[Entry],
