@@ -28,11 +28,24 @@ def environ(**extra: str) -> dict[str, str]:
     return env
 
 
+# torch's gloo backend sometimes aborts a process during interpreter finalization, after
+# destroy_process_group() and after the script's last line (a minimal DDP script without
+# candle_ckpt does it too, about one run in six on this torch): torchrun then exits 1.
+GLOO_EXIT_ABORT = "terminate called without an active exception"
+
+
 def run(args: list[str], env: dict[str, str] | None = None,
-        timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        timeout: float = 180, finished_marker: str | None = None,
+        ranks: int = 1) -> subprocess.CompletedProcess[str]:
+    """Run a script to its end. With ``finished_marker``, an exit status from gloo's
+    abort at interpreter exit is accepted once every rank printed the marker (the work
+    is done; what it wrote is checked by the caller)."""
     proc = subprocess.run(args, env=env or environ(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout}"
+    exit_abort = (finished_marker is not None and GLOO_EXIT_ABORT in proc.stdout
+                  and proc.stdout.count(finished_marker) == ranks)
+    assert proc.returncode == 0 or exit_abort, \
+        f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout}"
     return proc
 
 
@@ -45,13 +58,16 @@ def info(ckpt_dir: Path, name: str) -> dict:
 
 
 def assert_trains_then_resumes(script: list[str], ckpt_dir: Path, files: set[str],
-                               env: dict[str, str] | None = None) -> None:
-    first = run([*script, "--epochs", "2", "--ckpt_directory", str(ckpt_dir)], env)
+                               env: dict[str, str] | None = None, ranks: int = 1) -> None:
+    marker = "checkpoints written this run" if ranks > 1 else None
+    first = run([*script, "--epochs", "2", "--ckpt_directory", str(ckpt_dir)], env,
+                finished_marker=marker, ranks=ranks)
     assert "no checkpoint to restart from" in first.stdout
     assert last(ckpt_dir) == "epochs/002"
     assert files <= {p.name for p in (ckpt_dir / "ckpts" / "epochs" / "002").iterdir()}
 
-    second = run([*script, "--epochs", "3", "--ckpt_directory", str(ckpt_dir)], env)
+    second = run([*script, "--epochs", "3", "--ckpt_directory", str(ckpt_dir)], env,
+                 finished_marker=marker, ranks=ranks)
     assert f"restarted from {ckpt_dir}/ckpts/epochs/002 (epoch 2" in second.stdout
     assert last(ckpt_dir) == "epochs/003"
     assert info(ckpt_dir, "last")["epoch"] == 3
@@ -80,7 +96,8 @@ def test_ddp_example_under_torchrun_checkpoints_once_and_both_ranks_resume(
                 "--nproc-per-node", "2", str(EXAMPLES / "pytorch_ddp.py")]
     ckpt_dir = tmp_path / "ckpt"
     assert_trains_then_resumes(torchrun, ckpt_dir,
-                               {"model.pt", "rng-rank-00000.pt", "rng-rank-00001.pt"})
+                               {"model.pt", "rng-rank-00000.pt", "rng-rank-00001.pt"},
+                               ranks=2)
     assert info(ckpt_dir, "last")["world_size"] == 2
     log = (ckpt_dir / "ckpt.log").read_text()
     assert "rank 0 of 2" in log
