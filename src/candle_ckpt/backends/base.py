@@ -51,6 +51,7 @@ class Progress:
 
     epoch: int | None = None  # the epoch a restart resumes from (completed epochs)
     metric: float | None = None  # the epoch's metric, as the caller gave it
+    batch: int | None = None  # mid-epoch: batches of the next epoch already trained
 
 
 UNKNOWN_PROGRESS = Progress()
