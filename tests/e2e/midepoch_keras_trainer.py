@@ -35,42 +35,13 @@ def make_data() -> tuple[np.ndarray, np.ndarray]:
     return x, y.astype("float32")
 
 
-class Batches(keras.utils.PyDataset):
-    """Fixed batches of the arrays; records which are read."""
-
-    def __init__(self, x: np.ndarray, y: np.ndarray, read: list[int]) -> None:
-        super().__init__()
-        self.x, self.y, self.read = x, y, read
-
-    def __len__(self) -> int:
-        return -(-len(self.x) // BATCH)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        self.read.append(int(index))
-        part = slice(index * BATCH, (index + 1) * BATCH)
-        return self.x[part], self.y[part]
-
-
-def training_input(ckpt: Any, kind: str, read: list[int]) -> Any:
-    x, y = make_data()
-    if kind == "arrays":
-        return ckpt.dataset(x, y, batch_size=BATCH, shuffle=True, seed=11)
-    if kind == "pydataset":
-        return ckpt.dataset(Batches(x, y, read), shuffle=True, seed=11)
-    import tensorflow as tf
-
-    pipeline = (tf.data.Dataset.from_tensor_slices((x, y))
-                .shuffle(SAMPLES, seed=5, reshuffle_each_iteration=False).batch(BATCH))
-    return ckpt.dataset(pipeline, shuffle=False)
-
-
 class Progress(keras.callbacks.Callback):
     """Counts batches; with the handshake, reports each and waits for the parent."""
 
     def __init__(self, handshake: bool) -> None:
         super().__init__()
         self.handshake = handshake
-        self.epoch = 0
+        self.epoch = -1
         self.batches = 0
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
@@ -81,6 +52,37 @@ class Progress(keras.callbacks.Callback):
         if self.handshake:
             print(f"batch {self.epoch} {batch}", flush=True)
             sys.stdin.readline()
+
+
+class Batches(keras.utils.PyDataset):
+    """Fixed batches of the arrays; records which are read, in which epoch (-1: before
+    the first began)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, read: list[list[int]],
+                 progress: Progress) -> None:
+        super().__init__()
+        self.x, self.y, self.read, self.progress = x, y, read, progress
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // BATCH)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        self.read.append([self.progress.epoch, int(index)])
+        part = slice(index * BATCH, (index + 1) * BATCH)
+        return self.x[part], self.y[part]
+
+
+def training_input(ckpt: Any, kind: str, read: list[list[int]], progress: Progress) -> Any:
+    x, y = make_data()
+    if kind == "arrays":
+        return ckpt.dataset(x, y, batch_size=BATCH, shuffle=True, seed=11)
+    if kind == "pydataset":
+        return ckpt.dataset(Batches(x, y, read, progress), shuffle=True, seed=11)
+    import tensorflow as tf
+
+    pipeline = (tf.data.Dataset.from_tensor_slices((x, y))
+                .shuffle(SAMPLES, seed=5, reshuffle_each_iteration=False).batch(BATCH))
+    return ckpt.dataset(pipeline, shuffle=False)
 
 
 def main() -> int:
@@ -106,9 +108,9 @@ def main() -> int:
     J = ckpt.restart(model)
     if args.mode == "resume" and J is None:
         raise SystemExit("nothing to resume from")
-    read: list[int] = []
-    data = training_input(ckpt, args.input, read)
+    read: list[list[int]] = []
     progress = Progress(args.handshake)
+    data = training_input(ckpt, args.input, read, progress)
     model.fit(data, epochs=args.epochs, initial_epoch=J["epoch"] if J else 0,
               callbacks=[progress, ckpt], verbose=0)
     arrays = {f"model_{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(model.variables)}

@@ -361,23 +361,32 @@ class ResumableData(DataAdapter):
         self._skip = 0
 
     def _position(self) -> tuple[int, int]:
-        """(epoch, batches to skip) of the iteration starting now."""
+        """(epoch, batches to skip) of the iteration starting now.
+
+        Outside an epoch begun by the callback: where a pending restart resumes (Keras
+        reads one batch before training to build its metrics: one that is read anyway),
+        else epoch 0 from its start.
+        """
         if self._epoch is not None:
             return self._epoch, self._skip
-        if not self._warned_undriven:
-            self._warned_undriven = True
-            warnings.warn(
-                "candle_ckpt: this data was made by CandleCkptKeras.dataset() and is read "
-                "outside a fit() that has that callback (callbacks=[ckpt]): it is read in "
-                "epoch 0's order. In fit(), pass the callback, so every epoch gets its "
-                "order and a restart continues mid-epoch", stacklevel=3)
-        if self._resume is not None:  # e.g. Keras peeking at a batch before training
+        if self._resume is not None:
             return self._resume.epoch, self._resume.batch
         return 0, 0
 
+    def _undriven(self) -> None:
+        """More than a peek was read outside an epoch the callback began: say why that
+        is not what dataset() is for (once)."""
+        if not self._warned_undriven:
+            self._warned_undriven = True
+            warnings.warn(
+                "candle_ckpt: data made by CandleCkptKeras.dataset() is read outside a "
+                "fit() that has that callback (callbacks=[ckpt]), so in epoch 0's order. "
+                "Pass the callback to fit(), so that every epoch gets its own order and a "
+                "restart continues mid-epoch; evaluate and predict on the arrays",
+                stacklevel=2)
+
     # --------------------------------------------------------------- Keras' adapter protocol
-    def _view(self) -> _EpochView:
-        epoch, skip = self._position()
+    def _view(self, epoch: int, skip: int) -> _EpochView:
         s = self._source
         if isinstance(s, _Arrays):
             s.order = self.order(epoch)
@@ -392,13 +401,18 @@ class ResumableData(DataAdapter):
 
     def _batches(self) -> Iterator[Any]:
         """This epoch's remaining batches, as Keras' PyDataset adapter reads them."""
+        driven = self._epoch is not None
+        epoch, skip = self._position()
         if isinstance(self._source, _TFData):
-            _, skip = self._position()
-            yield from self._source.skipped(skip).as_numpy_iterator()
-            return
-        adapter = PyDatasetAdapter(self._view(), shuffle=False)
-        self._epoch_adapter = adapter
-        yield from adapter._get_iterator()
+            batches = self._source.skipped(skip).as_numpy_iterator()
+        else:
+            adapter = PyDatasetAdapter(self._view(epoch, skip), shuffle=False)
+            self._epoch_adapter = adapter
+            batches = adapter._get_iterator()
+        for count, batch in enumerate(batches):
+            if count == 1 and not driven:
+                self._undriven()
+            yield batch
 
     def get_numpy_iterator(self) -> Iterator[Any]:
         return data_adapter_utils.get_numpy_iterator(self._batches())
