@@ -27,7 +27,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import keras
 import numpy as np
@@ -167,12 +167,12 @@ class _Arrays(_Source):
         self.samples = lengths.pop()
         if self.samples == 0:
             raise CkptParamError("dataset(): x holds no samples")
-        self.batch_size = batch_size
+        self.batch_size = self.size = batch_size
         self.batches = math.ceil(self.samples / batch_size)
         self.order = np.arange(self.samples)
 
     def fetch(self, index: int) -> Any:
-        picked = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        picked = self.order[index * self.size:(index + 1) * self.size]
         return keras.tree.map_structure(lambda a: a[picked], self.data)
 
     def spec(self) -> Any:
@@ -457,7 +457,7 @@ class ResumableData(DataAdapter):
 
         batches = self._batches
 
-        class Batches(torch_data.IterableDataset):  # type: ignore[misc]
+        class Batches(torch_data.IterableDataset):
             def __iter__(self) -> Iterator[Any]:
                 for batch in batches():
                     yield keras.tree.map_structure(convert_to_tensor, batch,
@@ -526,7 +526,7 @@ class EndOfDataWarning:
         if entry is None:
             return
         try:
-            warnings.filters.remove(entry)
+            cast(list, warnings.filters).remove(entry)
         except ValueError:  # someone reset the filters meanwhile
             return
         mutated = getattr(warnings, "_filters_mutated", None)
