@@ -121,7 +121,9 @@ class CandleCkptKeras(keras.callbacks.Callback, CandleCkpt):
         ``sample_weight``), with this callback in ``callbacks``. Each epoch's order is a
         function of ``seed`` and the epoch alone; after a restart from a mid-epoch
         checkpoint, the interrupted epoch yields only the batches it had not trained,
-        without reading the others. Call it before or after ``restart``.
+        without reading the others. Call it before or after ``restart``. One per callback:
+        the data made last is the one the callback drives and checkpoints (validation
+        data needs none of this).
 
         Args:
             x: NumPy arrays (or a dict, list or tuple of them), a finite
@@ -151,7 +153,7 @@ class CandleCkptKeras(keras.callbacks.Callback, CandleCkpt):
     def on_train_begin(self, logs: Any = None) -> None:
         data, model = self.backend.data, self.backend.model
         order = self.backend.pending.data_order(model)
-        if order is not None and data is not None:
+        if order is not None and data is not None and data.resumed_from is not order:
             for note in data.check_resume(order, DATA_ORDER_FILE):  # before anything changes
                 self._log.warning(note)
         self.backend.begin_training()

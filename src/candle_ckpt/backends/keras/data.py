@@ -134,14 +134,15 @@ class DataOrder:
 
 # ------------------------------------------------------------------------ sources
 class _Source:
-    """Where batches come from: ``batches`` of them, each fetched by its index."""
+    """Where batches come from: ``batches`` of them, each fetched by its index (arrays:
+    the index of a batch of an epoch's sample ``order``)."""
 
     source = ""
     batches = 0
     samples: int | None = None
     batch_size: int | None = None
 
-    def fetch(self, index: int) -> Any:
+    def fetch(self, index: int, order: np.ndarray | None = None) -> Any:
         raise NotImplementedError
 
     def epoch_begins(self) -> None:
@@ -169,10 +170,10 @@ class _Arrays(_Source):
             raise CkptParamError("dataset(): x holds no samples")
         self.batch_size = self.size = batch_size
         self.batches = math.ceil(self.samples / batch_size)
-        self.order = np.arange(self.samples)
 
-    def fetch(self, index: int) -> Any:
-        picked = self.order[index * self.size:(index + 1) * self.size]
+    def fetch(self, index: int, order: np.ndarray | None = None) -> Any:
+        assert order is not None
+        picked = order[index * self.size:(index + 1) * self.size]
         return keras.tree.map_structure(lambda a: a[picked], self.data)
 
     def spec(self) -> Any:
@@ -213,7 +214,7 @@ class _PyDataset(_Source):
                 "exact resume needs a finite number of batches per epoch (define __len__)")
         self.batches = int(batches)
 
-    def fetch(self, index: int) -> Any:
+    def fetch(self, index: int, order: np.ndarray | None = None) -> Any:
         return self.dataset[int(index)]
 
     def epoch_begins(self) -> None:
@@ -248,18 +249,21 @@ class _TFData(_Source):
 
 class _EpochView(keras.utils.PyDataset):
     """One epoch's batches in order, from a position on: what Keras' own PyDataset
-    adapter reads (with the user's workers, when the source is a PyDataset)."""
+    adapter reads (with the user's workers, when the source is a PyDataset). Each epoch
+    has its own view, so nothing in it changes while Keras still reads it."""
 
-    def __init__(self, source: _Source, positions: np.ndarray, **kwargs: Any) -> None:
+    def __init__(self, source: _Source, positions: np.ndarray,
+                 order: np.ndarray | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.source = source
         self.positions = positions
+        self.order = order
 
     def __len__(self) -> int:
         return len(self.positions)
 
     def __getitem__(self, index: int) -> Any:
-        return self.source.fetch(int(self.positions[index]))
+        return self.source.fetch(int(self.positions[index]), self.order)
 
 
 # ------------------------------------------------------------------------ the adapter
@@ -277,6 +281,7 @@ class ResumableData(DataAdapter):
         self._seed = int(seed) if seed is not None else int(
             np.random.SeedSequence().generate_state(2, np.uint64)[0] >> np.uint64(1))
         self._resume: DataOrder | None = None  # a restart's position, until its epoch
+        self._resumed_from: DataOrder | None = None  # the last record adopted
         self._epoch: int | None = None  # the epoch being trained (set by the callback)
         self._skip = 0  # batches of that epoch not to yield
         self._within_epoch = False
@@ -338,10 +343,12 @@ class ResumableData(DataAdapter):
         if not self._seed_given:
             self._seed = order.shape.seed  # the interrupted run's order goes on
         self._resume = order if order.batch > 0 else None
+        self._resumed_from = order
 
     @property
-    def resume_point(self) -> DataOrder | None:
-        return self._resume
+    def resumed_from(self) -> DataOrder | None:
+        """The checkpoint record this data last took its seed and position from."""
+        return self._resumed_from
 
     # --------------------------------------------------------------- driven by the callback
     def begin_epoch(self, epoch: int) -> int:
@@ -389,9 +396,7 @@ class ResumableData(DataAdapter):
     def _view(self, epoch: int, skip: int) -> _EpochView:
         s = self._source
         if isinstance(s, _Arrays):
-            s.order = self.order(epoch)
-            positions = np.arange(skip, s.batches)
-            return _EpochView(s, positions)
+            return _EpochView(s, np.arange(skip, s.batches), self.order(epoch))
         if isinstance(s, _PyDataset):
             user = s.dataset
             return _EpochView(s, self.order(epoch)[skip:], workers=user.workers,
