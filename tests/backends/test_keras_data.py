@@ -227,6 +227,25 @@ def test_a_restart_continues_the_interrupted_epoch_at_the_next_batch(tmp_path: P
     assert os.readlink(tmp_path / "save" / "ckpts" / "last") == "epochs/002"
 
 
+def test_a_checkpoint_after_the_last_batch_of_an_epoch_resumes_at_the_next_epoch(
+        tmp_path: Path) -> None:
+    stopped_mid_epoch(tmp_path, batch=7)  # the signal after epoch 2's last batch
+    m = model()
+    ckpt = engine(tmp_path, epochs=3)
+    ckpt.set_model(m)
+    J = ckpt.restart(m)
+    assert J is not None and (J["epoch"], J["batch"]) == (1, 8)
+    x, y = arrays()
+    count = SignalAt(-1, -1)
+    m.fit(ckpt.dataset(x, y, batch_size=BATCH, seed=9), epochs=3, initial_epoch=J["epoch"],
+          callbacks=[count, ckpt], verbose=0)
+    assert count.trained == 8  # epoch 3 only
+    assert int(keras.ops.convert_to_numpy(m.optimizer.iterations)) == 3 * 8
+    assert os.readlink(tmp_path / "save" / "ckpts" / "last") == "epochs/003"
+    assert "epoch 2: resumed after its last batch; its loss is not known" in \
+        (tmp_path / "save" / "ckpt.log").read_text()
+
+
 def test_the_older_api_resumes_mid_epoch_through_the_model(tmp_path: Path) -> None:
     stopped_mid_epoch(tmp_path)
     m = model()

@@ -195,12 +195,19 @@ class CandleCkptKeras(keras.callbacks.Callback, CandleCkpt):
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
         """Checkpoint the (0-based) epoch just completed, per the policies."""
         self._quiet_end.off()
-        if self._batches_skipped:
+        resumed, self._batches_skipped = self._batches_skipped, 0
+        if resumed:
             undone = self._phantom.undo()
             if undone:
                 self._log.debug(f"epoch {epoch + 1}: put back {undone} counter/RNG "
                                 "variable(s) advanced by Keras' step after the last batch")
-        self._batches_skipped = 0
+            if self.save_best_metric not in (logs or {}):
+                # Every batch of it was trained before the checkpoint: its metrics went
+                # with the interrupted process.
+                self._log.info(f"epoch {epoch + 1}: resumed after its last batch; its "
+                               f"{self.save_best_metric} is not known")
+                self.ckpt_epoch(epoch, self.direction.sign, None)
+                return
         self.ckpt_epoch(epoch, self.direction.sign, self._metric_value(logs))
 
     def on_train_end(self, logs: Any = None) -> None:
