@@ -72,7 +72,8 @@ class CandleCkpt(SpecMethods, RestartArgs):
             lambda: recorded_metrics(self.layout, metric, self.direction.mode),
             lambda level, message: getattr(self._log, level)(message))
         self.committer = Committer(self.layout, self._log.info)
-        keep = KeepRule(self.settings.keep_mode, self.settings.keep_limit)
+        keep = KeepRule(self.settings.keep_mode, self.settings.keep_limit,
+                        self.settings.keep_bytes)
         self._saver = Saver(self.layout, self.committer, self.backend, self._log, keep,
                             self._coord)
         self._async = AsyncSaver(self._saver, self._log) if self.settings.async_save else None

@@ -23,6 +23,7 @@ from typing import Any
 from .errors import CkptParamError
 from .storage.layout import TIME_FORMAT
 from .storage.safeio import append_log_line, check_log_file, one_line
+from .storage.usage import human_size
 
 _MB = 1024 * 1024  # the original's megabyte
 _ORIGINAL = "candle_original"  # set on the records of the original's lines
@@ -221,6 +222,11 @@ def start_report(settings: Any, direction: Any, backend: str, preemption: str) -
         f"{s.keep_limit} checksum={s.checksum} backend={backend}",
         preemption,
     ]
+    keep_bytes = getattr(s, "keep_bytes", None)
+    if keep_bytes is not None:
+        lines.append(f"ckpt_keep_bytes={human_size(keep_bytes)} ({keep_bytes} bytes): this "
+                     "run's oldest checkpoints are deleted until its checkpoints fit (last, "
+                     "best and the one resumed from are kept in any case)")
     if s.save_interval == 0:
         lines.append("ckpt_save_interval=0: no checkpoint is saved in this run (no interval, "
                      "best or final-epoch checkpoints); restart still reads existing ones")

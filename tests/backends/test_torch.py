@@ -1110,3 +1110,34 @@ def test_sync_captures_reuse_their_host_copies_and_share_only_live_tensors(
         ckpt.ckpt_epoch(0, 1.0)
     saved = torch.load(tmp_path / "ckpts" / "last" / "model.pt", weights_only=True)
     assert torch.equal(saved["model_state_dict"]["window"], torch.arange(16.0)[4:12] + 100.0)
+
+
+def test_ckpt_keep_bytes_keeps_the_newest_that_fit_and_restart_is_exact(tmp_path: Path) -> None:
+    model = make_net(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    probe = new_ckpt(tmp_path / "probe")
+    probe.set_model({"model": model, "optimizer": optimizer})
+    train_steps(model, optimizer)
+    probe.ckpt_epoch(0, 1.0)
+    probe.close()
+    one = sum(f.stat().st_size for f in (tmp_path / "probe/ckpts/last").iterdir())
+
+    model = make_net(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    ckpt = new_ckpt(tmp_path / "run", ckpt_keep_mode="all", ckpt_keep_bytes=int(2.5 * one))
+    ckpt.set_model({"model": model, "optimizer": optimizer})
+    for epoch in range(6):
+        train_steps(model, optimizer)
+        ckpt.ckpt_epoch(epoch, 10.0 - epoch)  # improving: the newest is the best
+    ckpt.close()
+    names = sorted(p.name for p in (tmp_path / "run/ckpts/epochs").iterdir())
+    assert names == ["005", "006"]
+
+    model2 = make_net(3)
+    optimizer2 = torch.optim.Adam(model2.parameters(), lr=1e-2)
+    again = new_ckpt(tmp_path / "run", ckpt_keep_mode="all", ckpt_keep_bytes=int(2.5 * one))
+    again.set_model({"model": model2, "optimizer": optimizer2})
+    assert again.restart()["epoch"] == 6
+    assert_same_state(model2.state_dict(), model.state_dict())
+    assert_same_state(optimizer2.state_dict(), optimizer.state_dict())
+    again.close()
