@@ -60,7 +60,8 @@ class CandleCkpt(SpecMethods, RestartArgs):
         if self._writer:
             _params.make_root(self.settings.directory, self.settings.directory_source)
         self.layout = Layout.ours(self.settings.directory)
-        self._log = CkptLog(self.layout.log_file if self._writer else None, logger, verbose)
+        self._log = CkptLog(self.layout.log_file if self._writer else None, logger, verbose,
+                            warnings_only=not self._writer)
         self._preempt = Preemption(preempt_plan, self._log)
         for warning in [] if self._quiet_start else _params.unknown_key_warnings(gParameters):
             self._log.warning(warning)

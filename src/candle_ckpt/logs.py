@@ -133,8 +133,13 @@ def check_logger(logger: Any) -> None:
 class CkptLog:
     """One engine's messages: to ckpt.log always, to the console per ``verbose``."""
 
-    def __init__(self, log_file: Path | None, logger: Any, verbose: bool) -> None:
-        """Raises: UnsafeFileError (ckpt.log is a link, FIFO, device or directory)."""
+    def __init__(self, log_file: Path | None, logger: Any, verbose: bool,
+                 warnings_only: bool = False) -> None:
+        """``warnings_only``: the console (or ``logger``) gets warnings and errors alone,
+        as the ranks but 0 of a distributed run do (rank 0 says the rest once).
+
+        Raises: UnsafeFileError (ckpt.log is a link, FIFO, device or directory).
+        """
         check_logger(logger)
         # None: no ckpt.log (a distributed run's ranks but 0 never write into the tree).
         if log_file is not None:
@@ -146,6 +151,8 @@ class CkptLog:
             self._console_min = logging.DEBUG if verbose else logging.INFO
         else:
             self._console = logger
+        if warnings_only:
+            self._console_min = logging.WARNING
 
     def say(self, level: int, message: str, original: bool = False) -> None:
         """Log one message; never raises (a failing log must not fail a save).
