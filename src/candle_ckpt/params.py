@@ -230,8 +230,8 @@ CKPT_PARAMS: tuple[_Def, ...] = (
          "Signals that mean 'save now and stop' (e.g. 'SIGUSR1,SIGTERM' or 'none'); auto: "
          "SIGUSR1 and SIGTERM under SLURM, none otherwise"),
     _Def("ckpt_requeue", ParamType.STRING, "auto",
-         "After a stop-save under SLURM, 'scontrol requeue' the job: auto (when the signal "
-         "was SIGUSR1) | on | off", ("auto", "on", "off")),
+         "After a stop-save under SLURM, 'scontrol requeue' the job: auto (after SIGUSR1 "
+         "or the wall-clock limit) | on | off", ("auto", "on", "off")),
     _Def("ckpt_save_interval_seconds", ParamType.FLOAT_NN, 0.0,
          "Also save at the first batch boundary this many seconds after the previous save "
          "(0: off)"),
