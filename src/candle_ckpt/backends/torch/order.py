@@ -325,7 +325,7 @@ class EpochOrders:
     def _record(self, loader: DataLoader, kind: str, epoch: int) -> OrderRecord:
         sampler, batch_sampler = _sampler_types(loader)
         dist_sampler = _distributed(loader)
-        own = _own_generators(loader)
+        own = {} if kind == "stateful" else _own_generators(loader)
         states = {k: bytes(g.get_state().tolist()) for k, g in own.items()}
         return OrderRecord(
             kind=kind, epoch=epoch, position=0, length=_length(loader), sampler=sampler,
@@ -378,7 +378,8 @@ class EpochOrders:
     def _resumed(self, loader: DataLoader, kind: str, epoch: int,
                  record: OrderRecord) -> EpochBatches:
         self._check_fits(loader, kind, record)
-        own = _own_generators(loader)
+        # A StatefulDataLoader's state_dict holds its generators' states: left to it.
+        own = {} if kind == "stateful" else _own_generators(loader)
         pre_global = _global_now()
         pre_own = {k: g.get_state() for k, g in own.items()}
         dist_sampler = _distributed(loader)
