@@ -31,6 +31,7 @@ from torch.utils.data import (  # noqa: E402
 )
 
 import candle_ckpt as candle  # noqa: E402
+from tests.helpers.torch_state import assert_identical  # noqa: E402
 
 N, BATCH, EPOCHS = 24, 4, 3  # 6 batches per epoch
 STOP = (1, 2)  # SIGUSR1 after batch index 2 of epoch 1: 3 batches of it are done
@@ -152,21 +153,6 @@ def run(directory: Path, make: Callable[[], Any], stop_at: tuple[int, int] | Non
     dataset = loader.dataset
     return Run(order, state, dataset.fetched.value, trained,
                (directory / "ckpt.log").read_text())
-
-
-def assert_identical(a: Any, b: Any, where: str = "state") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert list(a) == list(b), where
-        for k in a:
-            assert_identical(a[k], b[k], f"{where}[{k!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 @pytest.fixture(scope="module")
