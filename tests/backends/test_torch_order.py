@@ -312,6 +312,8 @@ def test_resuming_with_another_kind_of_loader_is_refused_naming_both(
     with pytest.raises(candle.CheckpointMismatchError, match="batches: ") as err:
         ckpt.batches(loader, 1)
     assert message in str(err.value)
+    # Nothing was consumed: the loader the interrupted run had still resumes.
+    assert ckpt.batches(LOADERS["shuffle"](), 1).start == STOP[1] + 1
     ckpt.close()
 
 

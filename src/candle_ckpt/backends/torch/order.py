@@ -24,7 +24,8 @@ the one the uninterrupted run used, and the batches already trained are skipped:
 
 The loader's index sampler is replaced while the resumed epoch's iterator is created
 (``DataLoader`` refuses to set it after construction; the previous one is put back
-before :meth:`EpochOrders.batches` returns).
+before :meth:`EpochOrders.batches` returns). A persistent workers' iterator keeps the
+stand-in, which passes every later epoch's iteration through unchanged.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def _distributed(loader: DataLoader) -> DistributedSampler[Any] | None:
 def _length(loader: DataLoader) -> int | None:
     try:
         return len(loader)
-    except TypeError:  # a sampler or an IterableDataset without __len__
+    except (TypeError, NotImplementedError):  # a sampler or an IterableDataset without len
         return None
 
 
@@ -298,6 +299,8 @@ class EpochOrders:
 
     # --------------------------------------------------------------- an epoch
     def batches(self, loader: Any, epoch: Any) -> EpochBatches:
+        """``CandleCkptPyTorch.batches``: the epoch's iterator, its order recorded; in the
+        epoch a restart left mid-way, resumed after the batches done."""
         kind = loader_kind(loader)
         epoch = epoch_arg(epoch)
         pending_epoch = self.pending_epoch
@@ -308,11 +311,11 @@ class EpochOrders:
             self.resume(None, 0, 0)
         if pending_epoch == epoch:
             record, skip = self.pending, self.pending_skip
-            self.resume(None, 0, 0)
             if record is not None:
                 batches = self._resumed(loader, kind, epoch, record)
             else:
                 batches = self._skipped_only(loader, kind, epoch, skip)
+            self.resume(None, 0, 0)  # resumed; a loader refused above may be retried
         else:
             batches = self._fresh(loader, kind, epoch)
         self.active = batches
