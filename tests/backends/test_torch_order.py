@@ -193,6 +193,18 @@ def test_a_stopped_epoch_resumes_in_the_interrupted_runs_order_bit_identically(
     assert resumed.fetched == trained_samples + skipped
 
 
+def test_a_second_stop_in_the_resumed_epoch_resumes_exactly_too(
+        tmp_path: Path, straight: Callable[[str], Run]) -> None:
+    reference = straight("shuffle")
+    first = run(tmp_path, LOADERS["shuffle"], stop_at=STOP)
+    second = run(tmp_path, LOADERS["shuffle"], stop_at=(1, 4))
+    assert os.readlink(tmp_path / "ckpts" / "last") == "epochs/001+000005"
+    third = run(tmp_path, LOADERS["shuffle"])
+    assert first.order[1] + second.order[1] + third.order[1] == reference.order[1]
+    assert first.trained + second.trained + third.trained == reference.trained
+    assert_identical(reference.state, third.state)
+
+
 def test_the_skipped_samples_are_never_fetched(tmp_path: Path,
                                                straight: Callable[[str], Run]) -> None:
     reference = straight("shuffle")

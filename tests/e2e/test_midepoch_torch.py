@@ -87,6 +87,13 @@ def test_a_sigusr1_mid_epoch_then_a_restart_ends_bit_identical_to_an_uninterrupt
     job(ckpt_dir, out, args, world, stop_at="batch 1 4")
     assert os.readlink(ckpt_dir / "ckpts" / "last") == "epochs/001+000006"
     stopped = results(out, world)
+    saved = ckpt_dir / "ckpts" / "epochs" / "001+000006"
+    for rank in range(world):  # each rank's epoch order, in its own file under DDP
+        name = f"rng-rank-{rank:05d}.pt" if world > 1 else "model.pt"
+        order = torch.load(saved / name, weights_only=True)["epoch_order"]
+        assert (order["epoch"], order["position"]) == (1, 6)
+        if world > 1:
+            assert order["distributed"] == [7, rank, world] and order["sampler_epoch"] == 1
     job(ckpt_dir, out, args, world)
     resumed = results(out, world)
 
