@@ -248,6 +248,17 @@ def test_a_loop_that_does_not_iterate_batches_records_no_order_and_is_skipped_wi
     assert_identical(reference.state, resumed.state)
 
 
+def test_a_stateful_dataloader_in_set_model_stopped_without_batches_resumes_from_its_state(
+        tmp_path: Path, straight: Callable[[str], Run]) -> None:
+    reference = straight("stateful")
+    stopped = run(tmp_path, LOADERS["stateful"], stop_at=STOP, use_batches=False,
+                  in_set_model=True)
+    resumed = run(tmp_path, LOADERS["stateful"], in_set_model=True)
+    assert stopped.order[1] + resumed.order[1] == reference.order[1]  # not skipped twice
+    assert "resumed from the StatefulDataLoader's own state" in resumed.log
+    assert_identical(reference.state, resumed.state)
+
+
 # ------------------------------------------------------------------------------ the record
 def rewrite_order(directory: Path, change: Callable[[dict[str, Any]], Any]) -> None:
     """Replace the epoch_order of ``directory``'s model.pt (its manifest follows)."""

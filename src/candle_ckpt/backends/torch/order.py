@@ -250,14 +250,9 @@ class EpochBatches(Iterator[Any]):
         self.start = start
         self.position = start  # batches of the epoch yielded so far, skipped ones included
         self.loader = loader
-        self.exhausted = False
 
     def __next__(self) -> Any:
-        try:
-            batch = next(self._iterator)
-        except StopIteration:
-            self.exhausted = True
-            raise
+        batch = next(self._iterator)
         self.position += 1
         return batch
 
@@ -352,6 +347,17 @@ class EpochOrders:
                       skip: int) -> EpochBatches:
         """A mid-epoch checkpoint that records no epoch order: skip, and say so."""
         record = self._record(loader, kind, epoch)
+        if kind == "stateful":
+            # Its position is its own state's, restored if set_model named it: not skipped
+            # again. Creating the iterator draws nothing from the restored global RNGs.
+            pre = _global_now()
+            try:
+                iterator = iter(loader)
+            finally:
+                _set_global(pre)
+            self.log.info(f"batches: epoch {epoch + 1} resumed from the StatefulDataLoader's "
+                          "own state (restored if set_model names the loader)")
+            return EpochBatches(iterator, record, skip, loader)
         self.log.warning(
             f"batches: the checkpoint holds no record of epoch {epoch + 1}'s order (it was "
             f"not trained through batches()); its first {skip} batches are skipped, but the "
