@@ -3,15 +3,17 @@ and signalling one of them at an exact step."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import threading
 import time
 
+from .process import send_signal_delivered
+
 
 def drive(proc: subprocess.Popen[str], at: str, signals: list[signal.Signals]) -> float:
-    """Ack every handshake; when the line ``at`` appears, send ``signals`` first.
+    """Ack every handshake (and only those: an extra ack would let the child run ahead);
+    when the line ``at`` appears, send ``signals`` first.
 
     Returns the seconds from the signal to the child's exit.
     """
@@ -20,8 +22,10 @@ def drive(proc: subprocess.Popen[str], at: str, signals: list[signal.Signals]) -
     for line in proc.stdout:
         if line.strip() == at and sent is None:
             for sig in signals:
-                os.kill(proc.pid, sig)
+                send_signal_delivered(proc.pid, sig)
             sent = time.monotonic()
+        if not is_handshake(line):
+            continue  # a log line (the async writer's among them): the child waits for none
         try:
             proc.stdin.write("\n")
             proc.stdin.flush()
@@ -32,11 +36,17 @@ def drive(proc: subprocess.Popen[str], at: str, signals: list[signal.Signals]) -
     return time.monotonic() - sent
 
 
+def is_handshake(line: str) -> bool:
+    """A line after which the child waits for one on stdin: ``ready`` or ``batch ...``."""
+    text = line.strip()
+    return text == "ready" or text.startswith("batch ")
+
+
 def drive_all(procs: list[subprocess.Popen[str]], target: int, at: str,
               sig: signal.Signals, timeout: float = 120.0) -> list[str]:
     """Ack every handshake of every process (each on a thread: they wait for each other
-    in collectives); send ``sig`` to ``procs[target]`` when it prints ``at``, before
-    acking that line. Returns each process's stdout."""
+    in collectives); send ``sig`` to ``procs[target]`` when it prints ``at``, and let it
+    go on once the signal is taken. Returns each process's stdout."""
     outputs = [""] * len(procs)
     sent = threading.Event()
 
@@ -45,8 +55,10 @@ def drive_all(procs: list[subprocess.Popen[str]], target: int, at: str,
         for line in proc.stdout:
             outputs[index] += line
             if index == target and line.strip() == at and not sent.is_set():
-                os.kill(proc.pid, sig)
+                send_signal_delivered(proc.pid, sig)
                 sent.set()
+            if not is_handshake(line):
+                continue
             try:
                 proc.stdin.write("\n")
                 proc.stdin.flush()
