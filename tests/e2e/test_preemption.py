@@ -9,10 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.signals import drive
 
 HERE = Path(__file__).parent
 TRAINER = HERE / "preempt_trainer.py"
@@ -25,28 +26,6 @@ def start(framework: str, mode: str, ckpt_dir: Path, out: Path, *extra: str,
     return subprocess.Popen([sys.executable, str(TRAINER), framework, mode, str(ckpt_dir),
                              str(out), *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=environ)
-
-
-def drive(proc: subprocess.Popen[str], at: str, signals: list[signal.Signals]) -> float:
-    """Ack every handshake; when the line ``at`` appears, send ``signals`` first.
-
-    Returns the seconds from the signal to the child's exit.
-    """
-    assert proc.stdin is not None and proc.stdout is not None
-    sent = None
-    for line in proc.stdout:
-        if line.strip() == at and sent is None:
-            for sig in signals:
-                os.kill(proc.pid, sig)
-            sent = time.monotonic()
-        try:
-            proc.stdin.write("\n")
-            proc.stdin.flush()
-        except BrokenPipeError:
-            break
-    proc.wait(timeout=120)
-    assert sent is not None, f"never saw {at!r}"
-    return time.monotonic() - sent
 
 
 def read(path: Path) -> dict:

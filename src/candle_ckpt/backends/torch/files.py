@@ -5,6 +5,8 @@ each rank's ``rng-rank-NNNNN.pt``, written with ``torch.save`` and read with
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,9 +39,30 @@ def load_regular(path: Path) -> Any:
     try:
         proc = f"/proc/self/fd/{fd}"
         source: Any = proc if os.path.exists(proc) else path
-        return torch.load(source, map_location="cpu", weights_only=True)
+        return torch_load(source, path.name)
     finally:
         os.close(fd)
+
+
+def torch_load(source: Any, name: str, **options: Any) -> Any:
+    """``torch.load(source, weights_only=True)`` on the CPU; a file that does not unpickle
+    so raises :class:`CheckpointCorruptError` saying so in one line.
+
+    torch's own message for it advises loading with ``weights_only=False``: for a
+    damaged checkpoint that would run whatever the damage left in it.
+    """
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True, **options)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unpickler error:\s*(\S[^\n]*)", str(err))
+        first = str(err).strip().split("\n", 1)[0]
+        detail = found.group(1).strip() if found else (
+            first if first and "weights_only" not in first else "")
+        detail = detail.split(". ", 1)[0]  # what it found, not torch's advice
+        raise CheckpointCorruptError(
+            f"{name}: torch.load(weights_only=True) cannot read it (damaged, or it holds "
+            "objects other than tensors and plain data)"
+            + f": {type(err).__name__}" + (f": {detail}" if detail else "")) from err
 
 
 def save(payload: dict[str, Any], sink: FileSink, name: str) -> None:
@@ -81,19 +104,24 @@ def rank_file(kind: str, rank: int) -> str:
     return f"{kind}-rank-{rank:05d}.pt"
 
 
-def write_rank_rng(sink: FileSink, coord: Coordinator, rng: dict[str, Any]) -> str:
+def write_rank_rng(sink: FileSink, coord: Coordinator, rng: dict[str, Any],
+                   epoch_order: dict[str, Any] | None = None) -> str:
     """This rank's RNG states (``rng``: a torch file's ``rng`` entry), in a file of its
-    own (ranks are seeded differently)."""
+    own (ranks are seeded differently), with its loader's ``epoch_order`` if recorded."""
     name = rank_file("rng", coord.rank)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "rank": coord.rank,
+               "world_size": coord.world_size, "rng": rng}
+    if epoch_order is not None:
+        payload["epoch_order"] = epoch_order
     with sink.open(name) as f:
-        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "rank": coord.rank,
-                    "world_size": coord.world_size, "rng": rng}, cast(IO[bytes], f))
+        torch.save(payload, cast(IO[bytes], f))
     return name
 
 
 def load_rank_rng(directory: Path, info: dict[str, Any],
-                  coord: Coordinator) -> global_rng.GlobalRng | None:
-    """This rank's saved RNG states (checked, not set); None: use the model file's.
+                  coord: Coordinator) -> tuple[global_rng.GlobalRng, Any] | None:
+    """This rank's saved RNG states (checked, not set) and the raw ``epoch_order`` of its
+    file (None if it has none); None: use the model file's.
 
     Raises:
         CheckpointMismatchError: the checkpoint was saved by another number of ranks
@@ -118,4 +146,5 @@ def load_rank_rng(directory: Path, info: dict[str, Any],
     if not isinstance(payload, dict) or payload.get("format") != FORMAT \
             or payload.get("rank") != coord.rank:
         raise CheckpointCorruptError(f"{name} is not the RNG file of rank {coord.rank}")
-    return global_rng.from_torch_file(payload.get("rng"), name, torch)
+    return (global_rng.from_torch_file(payload.get("rng"), name, torch),
+            payload.get("epoch_order"))
