@@ -31,6 +31,7 @@ from .record import SaveRecord, to_info
 from .storage.commit import Committer
 from .storage.integrity import ChecksumTally
 from .storage.layout import INFO_FILE, CkptKey, Layout
+from .storage.objects import ObjectStore
 from .storage.sink import FileSink
 
 
@@ -50,8 +51,10 @@ class Saver:
     """
 
     def __init__(self, layout: Layout, committer: Committer, backend: Backend, log: CkptLog,
-                 keep: KeepRule, coord: Coordinator | None = None) -> None:
+                 keep: KeepRule, coord: Coordinator | None = None,
+                 objects: ObjectStore | None = None) -> None:
         self.coord = coord if coord is not None else LocalCoordinator()
+        self.objects = objects  # ckpt_dedup: the shared object store of this layout
         self.layout = layout
         self.committer = committer
         self.backend = backend
@@ -65,7 +68,10 @@ class Saver:
     # ------------------------------------------------------------------ writing
     def write_work(self, work: Path, record: SaveRecord, snapshot: Any) -> dict[str, Any]:
         """The backend's files, then ckpt-info.json (fsynced) last; returns the info."""
-        return self._write_info(work, record, [self._write_files(work, record, snapshot)])
+        # (Written outside the tree: its objects would have no checkpoint of the tree
+        # naming them, so it is written whole.)
+        return self._write_info(work, record, [self._write_files(work, record, snapshot,
+                                                                 None)])
 
     def save(self, record: SaveRecord, snapshot: Any) -> Path:
         """Write, commit and point ``last`` (and ``best``) at the record's epoch.
@@ -83,7 +89,8 @@ class Saver:
         try:
             coord.step(f"creating {work}", self._new_work, writer_only=True, pending=snapshot)
             outcomes = coord.step(f"writing its files into {work}",
-                                  lambda: self._write_files(work, record, snapshot))
+                                  lambda: self._write_files(work, record, snapshot,
+                                                            self.objects))
             coord.step("committing", lambda: self._commit(record, outcomes), writer_only=True)
         except (StepFailed, LostContact) as err:
             self._discard_work()
@@ -125,20 +132,25 @@ class Saver:
         if self.coord.is_writer:
             shutil.rmtree(self.layout.work, ignore_errors=True)
 
-    def _write_files(self, work: Path, record: SaveRecord, snapshot: Any) -> dict[str, Any]:
-        """This process's files of the checkpoint, written and fsynced: their manifest."""
+    def _write_files(self, work: Path, record: SaveRecord, snapshot: Any,
+                     objects: ObjectStore | None) -> dict[str, Any]:
+        """This process's files of the checkpoint, written and fsynced: their manifest
+        (and the shared objects it references, durable too)."""
         tally = ChecksumTally()
-        sink = FileSink(work, record.checksum_algorithm, tally)
+        sink = FileSink(work, record.checksum_algorithm, tally, objects)
         start = time.perf_counter()
         written = self.backend.write(snapshot, sink)
         files = sink.finish()
-        return {"written": written, "files": files, "tally": tally,
+        return {"written": written, "files": files, "tally": tally, "objects": sink.references,
                 "seconds": time.perf_counter() - start}
 
     def _write_info(self, work: Path, record: SaveRecord,
                     outcomes: list[dict[str, Any]]) -> dict[str, Any]:
         """ckpt-info.json naming every process's files, written last and fsynced."""
         files: dict[str, Any] = {}
+        references: dict[str, Any] = {}
+        for outcome in outcomes:
+            references.update(outcome.get("objects") or {})
         for rank, outcome in enumerate(outcomes):
             clash = set(files) & set(outcome["files"])
             if clash:
@@ -154,7 +166,8 @@ class Saver:
         # The ranks wrote side by side: all their bytes, in the time of the slowest.
         self.report_written(files, max(o["seconds"] for o in outcomes),
                             ChecksumTally.parallel(o["tally"] for o in outcomes))
-        info = to_info(record, written, dict(sorted(files.items())))
+        info = to_info(record, written, dict(sorted(files.items())),
+                       dict(sorted(references.items())) if references else None)
         self.committer.write_info(work / INFO_FILE, info)
         return info
 
@@ -210,6 +223,8 @@ class Saver:
                 self.clean(record.epoch, record.epoch_best, background=True)
             # unlisted earlier but not removed: retried on the remover's thread too
             self.committer.purge_deletions(background=True)
+            # then the shared objects only the deleted ones referenced (or a crash left)
+            self.committer.collect_objects(background=True)
         except Exception as err:  # the checkpoint is committed: report, never undo
             self.log.warning(f"epoch {record.epoch} is committed, but what follows failed: "
                        f"{type(err).__name__}: {err}; retried after the next save")
