@@ -162,6 +162,7 @@ class ObjectStore:
         """
         headers = [encode_header(a.dtype, a.shape) for a in arrays]
         names = _Hasher(headers, arrays)
+        ready: set[Path] = set()
         out: list[tuple[str, int]] = []
         written: list[tuple[Path, Path]] = []
         pending: set[Path] = set()
@@ -171,9 +172,12 @@ class ObjectStore:
                 size = len(headers[i]) + array.data.nbytes
                 out.append((name, size))
                 final = object_path(self.directory, name)
+                if final.parent not in ready:
+                    _real_dir(self.directory)
+                    _real_dir(final.parent)
+                    ready.add(final.parent)
                 if final in pending or self._usable(final, size, name):
                     continue
-                final.parent.mkdir(parents=True, exist_ok=True)
                 tmp = final.parent / f"{_TMP_PREFIX}{name}.{os.getpid()}"
                 if os.path.lexists(tmp):
                     os.unlink(tmp)
@@ -289,6 +293,20 @@ class _Hasher:
             self._thread.join()
 
 
+def _real_dir(path: Path) -> None:
+    """Make ``path`` a real directory of the store: a link or file found in its place
+    (damage, or planted) is removed, never followed; its objects were never trusted."""
+    try:
+        mode = os.stat(path, follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        path.mkdir(parents=True, exist_ok=True)
+        return
+    if stat.S_ISDIR(mode):
+        return
+    os.unlink(path)
+    path.mkdir()
+
+
 def _unlink_quietly(path: Path) -> None:
     try:
         os.unlink(path)
@@ -383,11 +401,11 @@ def open_object(checkpoint: Path, name: str, size: int) -> tuple[int, Header]:
 
 
 # ------------------------------------------------------------------------------ collecting
-def referenced(layout: Layout) -> set[str] | str:
-    """Every object named by a checkpoint directory in ``epochs/`` or ``work/``; or why
-    that cannot be known (a ``ckpt-info.json`` that cannot be read: nothing is collected
-    then, since its objects might be among them)."""
-    names: set[str] = set()
+def references_by_checkpoint(layout: Layout) -> dict[str, set[str]] | str:
+    """The objects each checkpoint directory in ``epochs/`` (and ``work/``) references,
+    by directory name; or why that cannot be known (a ``ckpt-info.json`` that cannot be
+    read: its objects might be any)."""
+    out: dict[str, set[str]] = {}
     dirs: list[Path] = [layout.work] if is_real_dir(layout.work) else []
     try:
         entries = list(os.scandir(layout.epochs_dir))
@@ -406,11 +424,39 @@ def referenced(layout: Layout) -> set[str] | str:
             info = read_info_file(path)
         except (OSError, ValueError) as err:
             return f"{printable(os.fspath(path))} cannot be read ({printable(err)})"
-        objects = info.get("objects", {})
-        if not isinstance(objects, dict):
+        named = info.get("objects", {})
+        if not isinstance(named, dict):
             return f"{printable(os.fspath(path))}: 'objects' is not an object"
-        names.update(objects)
-    return names
+        out[directory.name] = set(named)
+    return out
+
+
+def referenced(layout: Layout) -> set[str] | str:
+    """Every object a checkpoint directory references (see
+    :func:`references_by_checkpoint`), or why that cannot be known."""
+    refs = references_by_checkpoint(layout)
+    if isinstance(refs, str):
+        return refs
+    return set().union(*refs.values()) if refs else set()
+
+
+def unshared(refs: dict[str, set[str]], some: set[str]) -> set[str]:
+    """The objects referenced by the checkpoints ``some`` (directory names) and by no
+    other: what deleting them all frees."""
+    mine = set().union(*(refs[k] for k in some if k in refs)) if some else set()
+    others = set().union(*(v for k, v in refs.items() if k not in some)) if refs else set()
+    return mine - others
+
+
+def own_bytes(refs: dict[str, set[str]], stored: dict[str, int]) -> dict[str, int]:
+    """The bytes of objects each checkpoint alone references (what deleting just it
+    frees), by directory name; ``stored``: :func:`sizes`."""
+    count: dict[str, int] = {}
+    for names in refs.values():
+        for name in names:
+            count[name] = count.get(name, 0) + 1
+    return {key: sum(stored.get(n, 0) for n in names if count[n] == 1)
+            for key, names in refs.items()}
 
 
 def collect(layout: Layout) -> tuple[int, int, str | None]:
