@@ -43,19 +43,23 @@ class FilesBackend:
         return Written(next(iter(snapshot)), {})
 
     def load(self, directory: Path, info: dict[str, Any]) -> Restored:
-        files = info.get("files") or {info.get("model_file", "model.bin"): {}}
         # Regular files only, never through a link swapped in since validation.
-        if info.get("model_file") == INDEX_FILE and "objects" in info:
-            state = _read_objects(directory, info)
-        else:
-            state = {name: read_regular(directory / name, _MAX_BLOB, "a checkpoint file")
-                     for name in files}
+        state = read_state(directory, info)
 
         def apply() -> list[str]:
             self.state = state
             return []
 
         return Restored(apply)
+
+
+def read_state(directory: Path, info: dict[str, Any]) -> dict[str, bytes]:
+    """The blobs of a checkpoint (``candle_ckpt.load_state``), read without links."""
+    if info.get("model_file") == INDEX_FILE and "objects" in info:
+        return _read_objects(directory, info)
+    files = info.get("files") or {info.get("model_file", "model.bin"): {}}
+    return {name: read_regular(directory / name, _MAX_BLOB, "a checkpoint file")
+            for name in files}
 
 
 def _read_objects(directory: Path, info: dict[str, Any]) -> dict[str, bytes]:

@@ -18,6 +18,7 @@ from torch import nn  # noqa: E402
 import candle_ckpt as candle  # noqa: E402
 from candle_ckpt.storage.layout import Layout  # noqa: E402
 from candle_ckpt.storage.objects import sizes  # noqa: E402
+from tests.helpers.cli import run_cli  # noqa: E402
 
 
 def make(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -225,3 +226,40 @@ def test_a_dedup_checkpoint_refuses_another_model_and_changes_nothing(tmp_path):
         ckpt.restart(other)
     ckpt.close()
     assert same(other.state_dict(), before)
+
+
+@pytest.mark.parametrize("dedup", [True, False])
+def test_load_state_and_export_give_what_a_plain_model_pt_holds(tmp_path, dedup):
+    model, optimizer, states = train(tmp_path, 3, ckpt_dedup=dedup)
+    state = candle.load_state(tmp_path, 2)
+    assert state["epoch"] == 2 and state["format_version"] == 1
+    assert "object_refs" not in state
+    assert same(dict(state["model_state_dict"]), states[1]["model"])
+    out = tmp_path / "epoch2.pt"
+    proc = run_cli("export", tmp_path, "2", out)
+    assert proc.returncode == 0, proc.stderr
+    plain = torch.load(out, weights_only=True)  # no candle-ckpt needed to read it
+    fresh, fresh_optimizer = make(seed=4)
+    fresh.load_state_dict(plain["model_state_dict"])
+    fresh_optimizer.load_state_dict(plain["optimizer_state_dict"])
+    assert same(snapshot(fresh, fresh_optimizer), states[1])
+    # The directory of one checkpoint names it too; OUT is never overwritten.
+    epoch_dir = tmp_path / "ckpts" / "epochs" / "003"
+    assert same(dict(candle.load_state(epoch_dir)["model_state_dict"]), states[2]["model"])
+    again = run_cli("export", tmp_path, "last", out)
+    assert again.returncode == 2 and "exists already" in again.stderr
+
+
+def test_load_state_refuses_a_checkpoint_whose_object_is_damaged(tmp_path):
+    train(tmp_path, 2)
+    own = sorted(set(info(tmp_path, 2)["objects"]) - set(info(tmp_path, 1)["objects"]))
+    path = object_file(tmp_path, own[0])
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(candle.CheckpointCorruptError, match="object"):
+        candle.load_state(tmp_path)
+    proc = run_cli("export", tmp_path, "2", tmp_path / "out.pt")
+    assert proc.returncode == 2 and "fails verification" in proc.stderr
+    assert not (tmp_path / "out.pt").exists()
+    assert candle.load_state(tmp_path, 1)["epoch"] == 1

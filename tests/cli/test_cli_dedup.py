@@ -74,3 +74,12 @@ def test_prune_removes_the_objects_no_remaining_checkpoint_references(tmp_path):
         assert J is not None and J["epoch"] == 5 and e.state == state(5)
     finally:
         e.close()
+
+
+def test_export_refuses_a_backend_without_a_plain_file_in_one_line(tmp_path):
+    write(tmp_path, 1)
+    proc = run_cli("export", tmp_path, "1", tmp_path / "out.bin")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "backend 'files' has no plain file format" in proc.stderr
+    assert not (tmp_path / "out.bin").exists()
