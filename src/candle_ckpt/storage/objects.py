@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import stat
 import struct
@@ -162,6 +163,7 @@ class ObjectStore:
         """
         headers = [encode_header(a.dtype, a.shape) for a in arrays]
         names = _Hasher(headers, arrays)
+        syncer = _Syncer()
         ready: set[Path] = set()
         out: list[tuple[str, int]] = []
         written: list[tuple[Path, Path]] = []
@@ -183,16 +185,21 @@ class ObjectStore:
                     os.unlink(tmp)
                 fd = create_exclusive(tmp)
                 try:
-                    with os.fdopen(fd, "wb", buffering=0) as f:
+                    with os.fdopen(os.dup(fd), "wb", buffering=0) as f:
                         f.write(headers[i])
                         f.write(array.data)
                 except BaseException:
+                    os.close(fd)
                     _unlink_quietly(tmp)
                     raise
+                # Flushed to the disk while the next one is written; the fd is closed there.
+                syncer.submit(fd, "object-written")
                 written.append((tmp, final))
                 pending.add(final)
+            syncer.wait()  # every object's bytes are durable (or an error is raised)
         finally:
             names.stop()
+            syncer.stop()
         self._publish(written)
         return out
 
@@ -216,25 +223,108 @@ class ObjectStore:
         return good
 
     def _publish(self, written: list[tuple[Path, Path]]) -> None:
-        """fsync every new object, rename it to its name, fsync the directories."""
-        for tmp, _ in written:
-            fd = open_regular(tmp, os.O_RDONLY, role="an object")
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            step("object-written")
+        """Rename every new (fsynced) object to its name, then fsync the directories."""
         parents = set()
         for tmp, final in written:
             os.replace(tmp, final)
             parents.add(final.parent)
             self._verified.add(final.name)
-        for parent in sorted(parents):
-            fsync_dir(parent)
-        if written:
-            fsync_dir(self.directory)
-            fsync_dir(self.directory.parent)
-            step("objects-synced")
+        if not written:
+            return
+        syncer = _Syncer()
+        try:
+            for parent in sorted(parents) + [self.directory, self.directory.parent]:
+                syncer.submit_dir(parent)
+            syncer.wait()
+        finally:
+            syncer.stop()
+        step("objects-synced")
+
+
+class _Syncer:
+    """fsyncs on a few threads of their own: the filesystem flushes several files (and
+    commits its journal) at once, and the writer goes on writing meanwhile.
+
+    Where no thread can be started (interpreter exit), it fsyncs inline.
+    """
+
+    THREADS = 4
+
+    def __init__(self) -> None:
+        self._todo: queue.SimpleQueue[tuple[int | Path, str | None] | None] = \
+            queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._left = 0
+        self._done = threading.Condition(self._lock)
+        self._error: BaseException | None = None
+        self._threads: list[threading.Thread] = []
+
+    def _start(self) -> bool:
+        if len(self._threads) >= self.THREADS:
+            return True
+        try:
+            thread = threading.Thread(target=self._run, name="candle-ckpt-fsync", daemon=True)
+            thread.start()
+        except RuntimeError:  # interpreter exit
+            return bool(self._threads)
+        self._threads.append(thread)
+        return True
+
+    def _run(self) -> None:
+        while (item := self._todo.get()) is not None:
+            self._do(*item)
+
+    def _do(self, what: int | Path, name: str | None) -> None:
+        error: BaseException | None = None
+        try:
+            if isinstance(what, Path):
+                fsync_dir(what)
+            else:
+                try:
+                    os.fsync(what)
+                finally:
+                    os.close(what)
+                if name is not None:
+                    step(name)
+        except BaseException as err:  # raised by wait(), on the writer's thread
+            error = err
+        with self._done:
+            self._left -= 1
+            if error is not None and self._error is None:
+                self._error = error
+            self._done.notify_all()
+
+    def _submit(self, item: tuple[int | Path, str | None]) -> None:
+        with self._lock:
+            self._left += 1
+        if self._start():
+            self._todo.put(item)
+        else:
+            self._do(*item)
+
+    def submit(self, fd: int, step_name: str) -> None:
+        """fsync and close ``fd`` (then report the step ``step_name``)."""
+        self._submit((fd, step_name))
+
+    def submit_dir(self, path: Path) -> None:
+        self._submit((path, None))
+
+    def wait(self) -> None:
+        with self._done:
+            while self._left:
+                self._done.wait()
+            if self._error is not None:
+                raise self._error
+
+    def stop(self) -> None:
+        try:
+            self.wait()  # no descriptor is left open
+        except BaseException:  # noqa: BLE001 - already raised (or being raised) by put
+            pass
+        for _ in self._threads:
+            self._todo.put(None)
+        for thread in self._threads:
+            thread.join()
 
 
 class _Hasher:
