@@ -136,8 +136,9 @@ def fine_tuning(args: argparse.Namespace, root: Path) -> None:
     first_full = disk_use(root / "plain" / "ckpts" / "epochs" / "001")
     used = disk_use(root / "dedup" / "ckpts")
     bound = first_full + (args.epochs - 1) * changing
-    print(f"   disk: dedup {used / 1e9:.3f} GB, plain {disk_use(root / 'plain' / 'ckpts') / 1e9:.3f}"
-          f" GB; one full + {args.epochs - 1} x the changing part = {bound / 1e9:.3f} GB")
+    plain_used = disk_use(root / "plain" / "ckpts")
+    print(f"   disk: dedup {used / 1e9:.3f} GB, plain {plain_used / 1e9:.3f} GB; one full + "
+          f"{args.epochs - 1} x the changing part = {bound / 1e9:.3f} GB")
     print(f"   disk used / (one full + {args.epochs - 1} x changing) = {used / bound:.3f}x  "
           "(target <= 1.15)")
     print(f"   first save (everything new): dedup {dedup[0]:.3f} s, plain {plain[0]:.3f} s "

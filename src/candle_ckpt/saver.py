@@ -141,16 +141,18 @@ class Saver:
         start = time.perf_counter()
         written = self.backend.write(snapshot, sink)
         files = sink.finish()
-        return {"written": written, "files": files, "tally": tally, "objects": sink.references,
+        return {"written": written, "files": files, "tally": tally,
+                "objects": sink.references if objects is not None else None,
                 "seconds": time.perf_counter() - start}
 
     def _write_info(self, work: Path, record: SaveRecord,
                     outcomes: list[dict[str, Any]]) -> dict[str, Any]:
         """ckpt-info.json naming every process's files, written last and fsynced."""
         files: dict[str, Any] = {}
-        references: dict[str, Any] = {}
+        references: dict[str, Any] | None = None  # None: written without ckpt_dedup
         for outcome in outcomes:
-            references.update(outcome.get("objects") or {})
+            if outcome.get("objects") is not None:
+                references = {**(references or {}), **outcome["objects"]}
         for rank, outcome in enumerate(outcomes):
             clash = set(files) & set(outcome["files"])
             if clash:
@@ -167,7 +169,7 @@ class Saver:
         self.report_written(files, max(o["seconds"] for o in outcomes),
                             ChecksumTally.parallel(o["tally"] for o in outcomes))
         info = to_info(record, written, dict(sorted(files.items())),
-                       dict(sorted(references.items())) if references else None)
+                       None if references is None else dict(sorted(references.items())))
         self.committer.write_info(work / INFO_FILE, info)
         return info
 

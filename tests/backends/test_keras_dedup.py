@@ -119,3 +119,20 @@ def test_export_writes_the_weights_h5_that_load_weights_reads(tmp_path):
     assert np.array_equal(state["layers/dense/vars"]["0"], kernel)  # frozen: unchanged
     head = np.array(keras.ops.convert_to_numpy(model.get_layer("head").kernel))
     assert not np.array_equal(state["layers/dense_1/vars"]["0"], head)  # epoch 1's
+
+
+def test_a_model_with_only_small_variables_restarts(tmp_path):
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    x = np.ones((8, 4), "float32")
+    model.fit(x, x[:, :2], epochs=1, verbose=0,
+              callbacks=[candle.CandleCkptKeras(params(tmp_path), logger=None)])
+    assert info(tmp_path, 1)["objects"] == {}
+    keras.utils.set_random_seed(2)
+    fresh = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    fresh.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    J = candle.restart(params(tmp_path, ckpt_restart_mode="required"), fresh)
+    assert J["skipped"] == []
+    assert same([np.array(keras.ops.convert_to_numpy(v)) for v in fresh.weights],
+                [np.array(keras.ops.convert_to_numpy(v)) for v in model.weights])

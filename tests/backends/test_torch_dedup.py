@@ -263,3 +263,25 @@ def test_load_state_refuses_a_checkpoint_whose_object_is_damaged(tmp_path):
     assert proc.returncode == 2 and "fails verification" in proc.stderr
     assert not (tmp_path / "out.pt").exists()
     assert candle.load_state(tmp_path, 1)["epoch"] == 1
+
+
+def test_a_model_with_no_tensor_large_enough_for_an_object_restarts(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    ckpt = engine(tmp_path)
+    ckpt.set_model({"model": model, "optimizer": optimizer})
+    step_ = model(torch.randn(3, 4)).sum()
+    step_.backward()
+    optimizer.step()
+    ckpt.ckpt_epoch(0, 1.0)
+    ckpt.close()
+    assert info(tmp_path, 1)["objects"] == {}
+    fresh = nn.Linear(4, 2)
+    ckpt = engine(tmp_path, ckpt_restart_mode="required")
+    fresh_optimizer = torch.optim.Adam(fresh.parameters())
+    ckpt.set_model({"model": fresh, "optimizer": fresh_optimizer})
+    assert ckpt.restart(fresh)["skipped"] == []
+    ckpt.close()
+    assert same(fresh.state_dict(), model.state_dict())
+    assert same(candle.load_state(tmp_path)["model_state_dict"], model.state_dict())

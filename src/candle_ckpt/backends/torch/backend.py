@@ -203,8 +203,10 @@ class TorchBackend:
             name = write_rank_rng(sink, coord, snapshot.payload["rng"])
             if not coord.is_writer:
                 return Written(name, {})
+        found: list[Any] = []
         if sink.objects is not None:  # ckpt_dedup: large tensors as shared objects
             skeleton, found = tensor_objects.split(snapshot.payload)
+        if found:
             names = sink.put_objects([tensor_objects.as_array(t) for _, t in found])
             skeleton[tensor_objects.REFS] = [[list(path), name]
                                              for (path, _), name in zip(found, names,
