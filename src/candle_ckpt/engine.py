@@ -61,7 +61,8 @@ class CandleCkpt(SpecMethods, RestartArgs):
         if self._writer:
             _params.make_root(self.settings.directory, self.settings.directory_source)
         self.layout = Layout.ours(self.settings.directory)
-        self._log = CkptLog(self.layout.log_file if self._writer else None, logger, verbose)
+        self._log = CkptLog(self.layout.log_file if self._writer else None, logger, verbose,
+                            warnings_only=not self._writer)
         self._preempt = Preemption(preempt_plan, self._log)
         for warning in [] if self._quiet_start else _params.unknown_key_warnings(gParameters):
             self._log.warning(warning)
@@ -73,7 +74,8 @@ class CandleCkpt(SpecMethods, RestartArgs):
             lambda: recorded_metrics(self.layout, metric, self.direction.mode),
             lambda level, message: getattr(self._log, level)(message))
         self.committer = Committer(self.layout, self._log.info)
-        keep = KeepRule(self.settings.keep_mode, self.settings.keep_limit)
+        keep = KeepRule(self.settings.keep_mode, self.settings.keep_limit,
+                        self.settings.keep_bytes)
         store = ObjectStore(self.layout.base / OBJECTS_DIR, verify_reused=self.settings.checksum
                             ) if self.settings.dedup else None
         self._saver = Saver(self.layout, self.committer, self.backend, self._log, keep,

@@ -23,6 +23,7 @@ from typing import Any
 from .errors import CkptParamError
 from .storage.layout import TIME_FORMAT
 from .storage.safeio import append_log_line, check_log_file, one_line
+from .storage.usage import human_size
 
 _MB = 1024 * 1024  # the original's megabyte
 _ORIGINAL = "candle_original"  # set on the records of the original's lines
@@ -132,8 +133,13 @@ def check_logger(logger: Any) -> None:
 class CkptLog:
     """One engine's messages: to ckpt.log always, to the console per ``verbose``."""
 
-    def __init__(self, log_file: Path | None, logger: Any, verbose: bool) -> None:
-        """Raises: UnsafeFileError (ckpt.log is a link, FIFO, device or directory)."""
+    def __init__(self, log_file: Path | None, logger: Any, verbose: bool,
+                 warnings_only: bool = False) -> None:
+        """``warnings_only``: the console (or ``logger``) gets warnings and errors alone,
+        as the ranks but 0 of a distributed run do (rank 0 says the rest once).
+
+        Raises: UnsafeFileError (ckpt.log is a link, FIFO, device or directory).
+        """
         check_logger(logger)
         # None: no ckpt.log (a distributed run's ranks but 0 never write into the tree).
         if log_file is not None:
@@ -145,6 +151,8 @@ class CkptLog:
             self._console_min = logging.DEBUG if verbose else logging.INFO
         else:
             self._console = logger
+        if warnings_only:
+            self._console_min = logging.WARNING
 
     def say(self, level: int, message: str, original: bool = False) -> None:
         """Log one message; never raises (a failing log must not fail a save).
@@ -221,6 +229,11 @@ def start_report(settings: Any, direction: Any, backend: str, preemption: str) -
         f"{s.keep_limit} checksum={s.checksum} backend={backend}",
         preemption,
     ]
+    keep_bytes = getattr(s, "keep_bytes", None)
+    if keep_bytes is not None:
+        lines.append(f"ckpt_keep_bytes={human_size(keep_bytes)} ({keep_bytes} bytes): this "
+                     "run's oldest checkpoints are deleted until its checkpoints fit (last, "
+                     "best and the one resumed from are kept in any case)")
     if s.save_interval == 0:
         lines.append("ckpt_save_interval=0: no checkpoint is saved in this run (no interval, "
                      "best or final-epoch checkpoints); restart still reads existing ones")

@@ -6,6 +6,7 @@ import argparse
 import difflib
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -208,6 +209,10 @@ CKPT_PARAMS: tuple[_Def, ...] = (
          "Which old checkpoints of this run to keep: linear | exponential | all", KEEP_MODES),
     _Def("ckpt_keep_limit", ParamType.INTEGER_GZ, 1000000,
          "Maximal number of checkpoints of this run to keep"),
+    _Def("ckpt_keep_bytes", ParamType.STRING, None,
+         "Disk budget for this run's checkpoints (e.g. '50G', '800M', '2TB', a number of "
+         "bytes): the keep policy also deletes its oldest unprotected ones until they fit; "
+         "none: no budget"),
     # No default here: ckpt_parser/ckpt_defs would inject it and hide output_dir.
     # read_settings applies the defaults (output_dir, else DEFAULT_DIRECTORY).
     _Def("ckpt_directory", ParamType.STRING, None,
@@ -229,8 +234,8 @@ CKPT_PARAMS: tuple[_Def, ...] = (
          "Signals that mean 'save now and stop' (e.g. 'SIGUSR1,SIGTERM' or 'none'); auto: "
          "SIGUSR1 and SIGTERM under SLURM, none otherwise"),
     _Def("ckpt_requeue", ParamType.STRING, "auto",
-         "After a stop-save under SLURM, 'scontrol requeue' the job: auto (when the signal "
-         "was SIGUSR1) | on | off", ("auto", "on", "off")),
+         "After a stop-save under SLURM, 'scontrol requeue' the job: auto (after SIGUSR1 "
+         "or the wall-clock limit) | on | off", ("auto", "on", "off")),
     _Def("ckpt_save_interval_seconds", ParamType.FLOAT_NN, 0.0,
          "Also save at the first batch boundary this many seconds after the previous save "
          "(0: off)"),
@@ -272,6 +277,7 @@ class CkptSettings:
     walltime_end: str = "auto"
     walltime_margin: float = 300.0
     distributed_metric: str = "mean"
+    keep_bytes: int | None = None  # ckpt_keep_bytes, in bytes; None: no budget
 
 
 def read_settings(gParameters: Any, *, epochs_required: bool = True) -> CkptSettings:
@@ -286,8 +292,10 @@ def read_settings(gParameters: Any, *, epochs_required: bool = True) -> CkptSett
             "pass a dict or an argparse.Namespace"
         )
     _, signals = _get(gParameters, "ckpt_signals")
+    _, keep_bytes = _get(gParameters, "ckpt_keep_bytes")
     v = {d.name: param(gParameters, d.name, d.default, d.type_, d.allowed) for d in CKPT_PARAMS
-         if not (d.name == "ckpt_signals" and isinstance(signals, (list, tuple)))}
+         if not (d.name == "ckpt_signals" and isinstance(signals, (list, tuple)))
+         and d.name != "ckpt_keep_bytes"}
     if v["ckpt_metadata"] is None:  # the older name
         v["ckpt_metadata"] = param(gParameters, "metadata", None, ParamType.STRING)
     epochs = param(
@@ -329,7 +337,49 @@ def read_settings(gParameters: Any, *, epochs_required: bool = True) -> CkptSett
         walltime_end=v["ckpt_walltime_end"],
         walltime_margin=v["ckpt_walltime_margin"],
         distributed_metric=v["ckpt_distributed_metric"],
+        keep_bytes=parse_bytes("ckpt_keep_bytes", keep_bytes),
     )
+
+
+_UNITS = {"": 1, "b": 1,
+          **{p: 1024 ** (i + 1) for i, p in enumerate("kmgtpe")},
+          **{p + "ib": 1024 ** (i + 1) for i, p in enumerate("kmgtpe")},
+          **{p + "b": 1000 ** (i + 1) for i, p in enumerate("kmgtpe")}}
+
+
+def parse_bytes(key: str, value: Any) -> int | None:
+    """A size: bytes (an int, or a string of digits), or a number with a unit.
+
+    K, M, G, T, P, E and KiB ... EiB are powers of 1024 (``"50G"`` is 50 GiB, as ``du -h``
+    and SLURM write it); KB, MB, GB ... are powers of 1000. "none", "" and None: no size.
+
+    Raises:
+        CkptParamError: naming ``key``, the value and the accepted forms.
+    """
+    accepted = ("give a number of bytes or a size like '50G', '800M', '1.5T', '2TB' "
+                "(K/M/G/T: powers of 1024; KB/MB/GB/TB: powers of 1000), or 'none'")
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise CkptParamError(f"parameter {key!r}: value {value!r} is not a size; {accepted}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number, unit = float(value), ""
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        if text in ("", "none", "off"):
+            return None
+        m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)([a-z]*)", text)
+        if m is None or m.group(2) not in _UNITS:
+            raise CkptParamError(
+                f"parameter {key!r}: value {value!r} is not a size; {accepted}")
+        number, unit = float(m.group(1)), m.group(2)
+    else:
+        raise CkptParamError(f"parameter {key!r}: value {value!r} is not a size; {accepted}")
+    size = number * _UNITS[unit]
+    if not math.isfinite(size) or size < 1:
+        raise CkptParamError(
+            f"parameter {key!r}: value {value!r} must be at least one byte; {accepted}")
+    return int(size)
 
 
 def unknown_key_warnings(gParameters: Any) -> list[str]:

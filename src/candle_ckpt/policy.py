@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -209,6 +209,36 @@ def epochs_to_delete(
     """The complement of :func:`epochs_to_keep` within ``run_epochs``, oldest first."""
     keep = epochs_to_keep(mode, keep_limit, run_epochs, epoch_now, epoch_best, protected)
     return sorted(set(run_epochs) - keep)
+
+
+def epochs_over_budget(
+    budget: int,
+    run_epochs: Iterable[int],
+    protected: Iterable[int],
+    footprint: Callable[[set[int]], int],
+) -> tuple[list[int], int]:
+    """Which of this run's checkpoints to delete so that they fit in ``budget`` bytes.
+
+    Oldest first, the unprotected ones of ``run_epochs`` are given up until
+    ``footprint(remaining)`` (the bytes the remaining checkpoints occupy together) is at
+    most ``budget``; ``protected`` ones are never given up. Returns the epochs to delete,
+    oldest first, and what the remaining ones occupy (above ``budget`` when even the
+    protected ones alone do not fit).
+    """
+    if budget < 1:
+        raise CkptParamError(
+            f"parameter 'ckpt_keep_bytes': value {budget} must be at least one byte")
+    remaining = set(run_epochs)
+    keep = set(protected)
+    doomed: list[int] = []
+    used = footprint(remaining)
+    for epoch in sorted(remaining - keep):
+        if used <= budget:
+            break
+        remaining.discard(epoch)
+        doomed.append(epoch)
+        used = footprint(remaining)
+    return doomed, used
 
 
 def restart_order(last: _Key, complete: Iterable[_Key]) -> list[_Key]:

@@ -256,9 +256,14 @@ class Preemption:
             self.after_stop_save(due)
 
     def after_stop_save(self, due: StopDue) -> None:
-        """Requeue under SLURM when asked (``ckpt_requeue``), logging the outcome."""
+        """Requeue under SLURM when asked (``ckpt_requeue``), logging the outcome.
+
+        "auto": when the job's time is running out, which SIGUSR1 (``--signal=USR1@T``)
+        or the wall-clock limit (``SLURM_JOB_END_TIME``) says; not after SIGTERM, which
+        may be ``scancel``.
+        """
         mode = self.requeue_mode
-        wanted = mode == "on" or (mode == "auto" and under_slurm()
-                                  and due.signal == signal.SIGUSR1)
+        time_is_up = due.signal == signal.SIGUSR1 or due.signal is None
+        wanted = mode == "on" or (mode == "auto" and under_slurm() and time_is_up)
         if wanted:
             requeue(self.log.info)

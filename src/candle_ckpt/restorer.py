@@ -182,8 +182,9 @@ class Restorer:
         except (CheckpointMismatchError, CkptParamError) as err:
             return None, ("stop", err)  # incompatible or misused: every rank stops
         except Exception as err:  # a framework refusing the file is damage to us
-            return None, ("damaged", coord.blame(f"loading failed: {type(err).__name__}: "
-                                                 f"{err}"))
+            # Our own errors say what they found; a framework's, what it is, too.
+            what = str(err) if isinstance(err, CkptError) else f"{type(err).__name__}: {err}"
+            return None, ("damaged", coord.blame(f"loading failed: {what}"))
 
     def candidates(self, where: Located) -> list[CkptKey]:
         """The checkpoints to try, in order: the one ``last`` names, then older complete ones."""

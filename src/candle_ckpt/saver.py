@@ -26,21 +26,24 @@ from .backends.base import Backend
 from .coordination import Coordinator, LocalCoordinator, LostContact, StepFailed
 from .errors import CheckpointWriteError, CkptError
 from .logs import CkptLog, relpath
-from .policy import epochs_to_delete, protected_epochs
+from .policy import epochs_over_budget, epochs_to_delete, protected_epochs
 from .record import SaveRecord, to_info
 from .storage.commit import Committer
 from .storage.integrity import ChecksumTally
 from .storage.layout import INFO_FILE, CkptKey, Layout
 from .storage.objects import ObjectStore
 from .storage.sink import FileSink
+from .storage.usage import Footprint, human_size
 
 
 @dataclass(frozen=True)
 class KeepRule:
-    """The keep policy's parameters (``ckpt_keep_mode``, ``ckpt_keep_limit``)."""
+    """The keep policy's parameters (``ckpt_keep_mode``, ``ckpt_keep_limit``,
+    ``ckpt_keep_bytes``: None for no byte budget)."""
 
     mode: str
     limit: int
+    max_bytes: int | None = None
 
 
 class Saver:
@@ -63,6 +66,7 @@ class Saver:
         self.run_epochs: list[int] = []  # written by this engine: the keep policy's scope
         self.run_partials: list[CkptKey] = []  # mid-epoch ones: superseded by any later one
         self.resumed_from: int | None = None  # never deleted by the keep policy
+        self._over_budget_warned = False  # warned that ckpt_keep_bytes cannot be met
         self.time_saving = 0.0
 
     # ------------------------------------------------------------------ writing
@@ -272,13 +276,41 @@ class Saver:
         A deletion that fails is logged; the epoch stays in this run's list, so the
         next save's clean tries it again.
         """
+        protected = self.protected()
         doomed = epochs_to_delete(self.keep.mode, self.keep.limit, self.run_epochs,
-                                  epoch_now, epoch_best, self.protected())
+                                  epoch_now, epoch_best, protected)
+        if self.keep.max_bytes is not None:
+            doomed += self._over_budget(self.keep.max_bytes, set(self.run_epochs) - set(doomed),
+                                        protected | {epoch_now})
         deleted = 0
         for epoch in doomed:
             if self.delete(epoch, background):
                 deleted += 1
         return len(self.run_epochs), deleted
+
+    def _over_budget(self, budget: int, remaining: set[int], protected: set[int]
+                     ) -> list[int]:
+        """The oldest unprotected of ``remaining`` to delete so they fit in ``budget``."""
+        footprint = Footprint.measure({e: self.layout.epoch_dir(e) for e in remaining})
+        doomed, used = epochs_over_budget(budget, remaining, protected, footprint.of)
+        limit = f"ckpt_keep_bytes={human_size(budget)}"
+        if doomed:
+            self.log.info(f"{limit}: deleting epoch{'s' if len(doomed) > 1 else ''} "
+                          f"{', '.join(map(str, doomed))} to fit this run's checkpoints "
+                          f"in the budget (now {human_size(used)})")
+        if used > budget:
+            kept = sorted(remaining - set(doomed))
+            message = (f"{limit} cannot be met: this run's checkpoints that may not be "
+                       f"deleted (last, best, the one resumed from: epochs "
+                       f"{', '.join(map(str, kept))}) occupy {human_size(used)}")
+            if not self._over_budget_warned:
+                self._over_budget_warned = True
+                self.log.warning(message)
+            else:
+                self.log.debug(message)
+        else:
+            self._over_budget_warned = False
+        return doomed
 
     def delete(self, epoch: int, background: bool = False) -> bool:
         """Delete one checkpoint of this run; False (logged) when the filesystem refuses."""

@@ -710,3 +710,30 @@ def test_restart_before_compile_then_an_optimizer_that_does_not_fit_stops_fit(
     assert "model.weights.h5 does not fit the optimizer: " + named in result["message"], result
     assert result["again"] == "CheckpointMismatchError", result
     assert result["optimizer_fresh"], result
+
+
+def test_ckpt_keep_bytes_keeps_the_newest_that_fit_and_restart_is_exact(tmp_path: Path) -> None:
+    x, y = data()
+    probe = small_model()
+    probe.fit(x, y, epochs=1, verbose=0,
+              callbacks=[candle.CandleCheckpointCallback(params(tmp_path / "probe", epochs=1,
+                                                             ckpt_save_best_metric="loss"))])
+    last = tmp_path / "probe" / "save" / "ckpts" / "last"
+    one = sum(f.stat().st_size for f in last.iterdir())
+
+    g = params(tmp_path, epochs=5, ckpt_keep_mode="all", ckpt_save_best_metric="loss",
+               ckpt_keep_bytes=int(2.5 * one))
+    model = small_model()
+    cb = candle.CandleCheckpointCallback(g)
+    model.fit(x, y, epochs=5, verbose=0, callbacks=[cb])
+    epochs = tmp_path / "save" / "ckpts" / "epochs"
+    kept = sorted(p.name for p in epochs.iterdir() if not p.name.startswith("."))
+    assert len(kept) <= 3 and "005" in kept and "001" not in kept
+    best = os.readlink(tmp_path / "save" / "ckpts" / "best")
+    assert best.removeprefix("epochs/") in kept
+
+    again = small_model(seed=99)
+    J = candle.restart(g, again)
+    assert J is not None and J["epoch"] == 5
+    assert_same(values(again.variables), values(model.variables))
+    assert_same(values(again.optimizer.variables), values(model.optimizer.variables))

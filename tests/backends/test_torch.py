@@ -700,7 +700,9 @@ def test_checkpoint_crafted_to_run_code_is_not_executed(tmp_path: Path) -> None:
     assert not marker.exists()
     assert J is not None and J["epoch"] == 1  # fell back to the older, clean checkpoint
     assert [s["epoch"] for s in J["skipped"]] == [2]
-    assert "UnpicklingError" in J["skipped"][0]["reason"]
+    reason = J["skipped"][0]["reason"]
+    assert "UnpicklingError" in reason and "GLOBAL exec was not an allowed global" in reason
+    assert "allowlist" not in reason  # torch's advice to trust the file is left out
     assert_same_state(fresh.state_dict(), good)
 
     # Mode "required" with no clean checkpoint left: refused, still nothing executed.
@@ -1110,3 +1112,61 @@ def test_sync_captures_reuse_their_host_copies_and_share_only_live_tensors(
         ckpt.ckpt_epoch(0, 1.0)
     saved = torch.load(tmp_path / "ckpts" / "last" / "model.pt", weights_only=True)
     assert torch.equal(saved["model_state_dict"]["window"], torch.arange(16.0)[4:12] + 100.0)
+
+
+def test_ckpt_keep_bytes_keeps_the_newest_that_fit_and_restart_is_exact(tmp_path: Path) -> None:
+    model = make_net(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    probe = new_ckpt(tmp_path / "probe")
+    probe.set_model({"model": model, "optimizer": optimizer})
+    train_steps(model, optimizer)
+    probe.ckpt_epoch(0, 1.0)
+    probe.close()
+    one = sum(f.stat().st_size for f in (tmp_path / "probe/ckpts/last").iterdir())
+
+    model = make_net(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    ckpt = new_ckpt(tmp_path / "run", ckpt_keep_mode="all", ckpt_keep_bytes=int(2.5 * one))
+    ckpt.set_model({"model": model, "optimizer": optimizer})
+    for epoch in range(6):
+        train_steps(model, optimizer)
+        ckpt.ckpt_epoch(epoch, 10.0 - epoch)  # improving: the newest is the best
+    ckpt.close()
+    names = sorted(p.name for p in (tmp_path / "run/ckpts/epochs").iterdir())
+    assert names == ["005", "006"]
+
+    model2 = make_net(3)
+    optimizer2 = torch.optim.Adam(model2.parameters(), lr=1e-2)
+    again = new_ckpt(tmp_path / "run", ckpt_keep_mode="all", ckpt_keep_bytes=int(2.5 * one))
+    again.set_model({"model": model2, "optimizer": optimizer2})
+    assert again.restart()["epoch"] == 6
+    assert_same_state(model2.state_dict(), model.state_dict())
+    assert_same_state(optimizer2.state_dict(), optimizer.state_dict())
+    again.close()
+
+
+def test_a_model_file_that_does_not_unpickle_is_skipped_saying_why_in_one_line(
+        tmp_path: Path) -> None:
+    model = make_net(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    ckpt = new_ckpt(tmp_path)
+    ckpt.set_model({"model": model, "optimizer": optimizer})
+    for epoch in range(2):
+        train_steps(model, optimizer)
+        ckpt.ckpt_epoch(epoch, 1.0 - epoch / 10)
+    ckpt.close()
+    damaged = tmp_path / "ckpts" / "epochs" / "002" / "model.pt"
+    data = bytearray(damaged.read_bytes())
+    data[100:200] = bytes(100)  # inside the pickle of data.pkl: same size, no checksums
+    damaged.write_bytes(bytes(data))
+
+    again = new_ckpt(tmp_path)
+    again.set_model({"model": make_net(1), "optimizer": optimizer})
+    J = again.restart()
+    again.close()
+    assert J is not None and J["epoch"] == 1
+    (skipped,) = J["skipped"]
+    reason = skipped["reason"]
+    assert "model.pt: torch.load(weights_only=True) cannot read it (damaged" in reason
+    assert reason.endswith("): UnpicklingError: Unsupported operand 0") and "\n" not in reason
+    assert "weights_only=False" not in reason and "weights_only` set to `False" not in reason

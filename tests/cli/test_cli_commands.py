@@ -40,13 +40,29 @@ def test_list_table_has_one_row_per_checkpoint_with_last_and_best(run6: Path) ->
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("EPOCH"))
-    assert lines[header].split() == ["EPOCH", "val_loss", "MARK", "SIZE", "SAVED", "STATUS"]
-    rows = {int(line.split()[0]): line for line in lines[header + 1:] if line.strip()}
+    assert lines[header].split() == ["EPOCH", "val_loss", "MARK", "SIZE", "ALONE", "SAVED",
+                                     "STATUS"]
+    end = lines.index("", header)
+    rows = {int(line.split()[0]): line for line in lines[header + 1:end]}
     assert sorted(rows) == [1, 2, 3, 4, 5, 6]
     assert " best " in rows[4] and " 0.3 " in rows[4]
     assert " last " in rows[6] and " 0.35 " in rows[6]
     assert all(row.rstrip().endswith("complete") for row in rows.values())
     assert "last -> epochs/006" in proc.stdout and "best -> epochs/004" in proc.stdout
+    summary = lines[end + 1]
+    assert summary.startswith("6 checkpoints: sizes add up to ") and "on disk" in summary
+
+
+def test_list_gives_each_checkpoints_size_what_it_alone_holds_and_the_disk_use(
+        run6: Path) -> None:
+    data = list_json(run6)
+    sizes = {c["epoch"]: c["size"] for c in data["checkpoints"]}
+    for c in data["checkpoints"]:
+        directory = Path(c["path"])
+        on_disk = sum(f.stat().st_size for f in directory.iterdir())
+        assert c["size"] == on_disk and c["alone"] == on_disk  # no files are shared
+    assert data["sizes_sum"] == sum(sizes.values())
+    assert data["disk_use"] >= data["sizes_sum"]  # plus the log, links and leftovers
 
 
 def test_list_json_gives_scripts_every_field(run6: Path) -> None:
@@ -235,6 +251,34 @@ def test_prune_never_removes_last_or_best_and_reports_space(tmp_path: Path) -> N
     assert f"({freed:,} bytes)" in proc.stdout
     assert run_cli("verify", tmp_path).returncode == 0
     assert "prune (linear/2): removed epochs/001" in (tmp_path / "ckpt.log").read_text()
+
+
+def test_prune_keep_bytes_removes_the_oldest_until_the_rest_fits(tmp_path: Path) -> None:
+    losses = "0.9,0.2,0.8,0.7,0.6,0.5,0.45,0.4"  # best: epoch 2
+    train(tmp_path, 8, "--losses", losses)
+    sizes = {e: sum(p.stat().st_size for p in epoch_dir(tmp_path, e).iterdir())
+             for e in range(1, 9)}
+    budget = sizes[2] + sizes[7] + sizes[8] + sizes[6] // 2  # room for three of them
+    proc = run_cli("prune", tmp_path, "--keep-bytes", str(budget))
+    assert proc.returncode == 0, proc.stderr
+    assert [c["epoch"] for c in list_json(tmp_path)["checkpoints"]] == [2, 7, 8]
+    assert "keep policy all, at most" in proc.stdout
+
+    both = run_cli("prune", tmp_path, "--keep", "5", "--keep-bytes", "1")
+    assert both.returncode == 0, both.stderr
+    assert "cannot be met" in both.stdout  # last (8) and best (2) stay whatever the budget
+    assert [c["epoch"] for c in list_json(tmp_path)["checkpoints"]] == [2, 8]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ((), "give --keep N, --keep-bytes SIZE or both"),
+    (("--keep-bytes", "lots"), "'lots' is not a size"),
+])
+def test_prune_without_a_limit_or_with_a_bad_size_says_what_to_give(
+        run6: Path, args: tuple[str, ...], message: str) -> None:
+    proc = run_cli("prune", run6, *args)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert len(list_json(run6)["checkpoints"]) == 6
 
 
 def test_prune_exponential_keeps_recent_and_spaced_out_ones(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.process import send_signal_delivered
+
 HERE = Path(__file__).parent
 TRAINER = HERE / "preempt_trainer.py"
 
@@ -28,7 +30,8 @@ def start(framework: str, mode: str, ckpt_dir: Path, out: Path, *extra: str,
 
 
 def drive(proc: subprocess.Popen[str], at: str, signals: list[signal.Signals]) -> float:
-    """Ack every handshake; when the line ``at`` appears, send ``signals`` first.
+    """Ack every handshake (and only those: an extra ack would let the child run ahead);
+    when the line ``at`` appears, send ``signals`` first.
 
     Returns the seconds from the signal to the child's exit.
     """
@@ -37,8 +40,10 @@ def drive(proc: subprocess.Popen[str], at: str, signals: list[signal.Signals]) -
     for line in proc.stdout:
         if line.strip() == at and sent is None:
             for sig in signals:
-                os.kill(proc.pid, sig)
+                send_signal_delivered(proc.pid, sig)
             sent = time.monotonic()
+        if not _is_handshake(line):
+            continue  # a log line (the async writer's among them): the child waits for none
         try:
             proc.stdin.write("\n")
             proc.stdin.flush()
@@ -47,6 +52,11 @@ def drive(proc: subprocess.Popen[str], at: str, signals: list[signal.Signals]) -
     proc.wait(timeout=120)
     assert sent is not None, f"never saw {at!r}"
     return time.monotonic() - sent
+
+
+def _is_handshake(line: str) -> bool:
+    text = line.strip()
+    return text == "ready" or text.startswith("batch ")
 
 
 def read(path: Path) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 
 from candle_ckpt import CheckpointLockedError
 from candle_ckpt.errors import LockLostError
+from candle_ckpt.logs import CkptLog
 from candle_ckpt.storage.lock import acquire_writer_lock
 from candle_ckpt.testing import CandleCkptFiles
 from tests.helpers.fs import blobs, ckpts, engine, train
@@ -138,6 +140,28 @@ def test_the_console_prints_each_message_once_per_call(tmp_path):
     assert log.count("hello-console") == 2
     assert log.count("debug-console") == 2
     assert log.count("checkpointing into") == 3
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_rank_but_0_shows_warnings_alone_on_the_console(tmp_path, verbose):
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger(f"rank1-{verbose}")
+    logger.addHandler(Keep())
+    logger.setLevel(logging.DEBUG)
+    log = CkptLog(None, logger, verbose, warnings_only=True)
+    log.info("an info line")
+    log.debug("a debug line")
+    log.checksummed(1 << 20, 0.5)
+    log.warning("a warning")
+    assert [r.getMessage() for r in records] == ["a warning"]
+    shown = CkptLog(None, logger, verbose)
+    shown.info("rank 0 info")
+    assert records[-1].getMessage() == "rank 0 info"
 
 
 def test_checksum_file_logs_the_originals_checksummed_line(tmp_path, caplog):

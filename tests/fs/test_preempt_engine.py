@@ -122,6 +122,42 @@ def test_slurm_job_end_time_is_read_when_auto(tmp_path, monkeypatch, clock):
         assert e.ckpt_batch(0, 0) is True
 
 
+def _fake_scontrol(tmp_path, monkeypatch):
+    bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol.calls"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    return calls
+
+
+@pytest.mark.parametrize(("requeue", "expected"), [("auto", True), ("off", False)])
+def test_a_wall_clock_stop_under_slurm_requeues_the_job_when_auto(
+        tmp_path, monkeypatch, clock, requeue, expected):
+    calls = _fake_scontrol(tmp_path, monkeypatch)
+    monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(clock.now + 50)))
+    with engine(tmp_path / "run", ckpt_walltime_margin=60, ckpt_signals="none",
+                ckpt_requeue=requeue) as e:
+        e.set_model(blobs(1))
+        assert e.ckpt_batch(0, 0) is True
+    assert calls.exists() == expected
+    if expected:
+        assert calls.read_text().split() == ["requeue", "4242"]
+        assert "requeued SLURM job 4242" in (tmp_path / "run" / "ckpt.log").read_text()
+
+
+def test_a_sigterm_stop_under_slurm_does_not_requeue_when_auto(tmp_path, monkeypatch):
+    calls = _fake_scontrol(tmp_path, monkeypatch)
+    with engine(tmp_path / "run", ckpt_signals="SIGTERM") as e:
+        e.set_model(blobs(1))
+        e._preempt.start()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert e.ckpt_batch(0, 0) is True
+    assert not calls.exists()
+
+
 def test_a_later_complete_epoch_supersedes_mid_epoch_checkpoints(tmp_path, clock):
     with engine(tmp_path, ckpt_save_interval_seconds=10) as e:
         train(e, [1])

@@ -190,6 +190,7 @@ def test_gparameters_of_another_type_is_refused():
 
 @pytest.mark.parametrize("bad", [
     {"ckpt_keep_limit": 0},
+    {"ckpt_keep_bytes": "50 gallons"},
     {"ckpt_restart_mode": "maybe"},
     {"ckpt_save_best": "perhaps"},
     {"epochs": None},
@@ -540,3 +541,30 @@ def test_ckpt_parser_and_defs_cover_every_parameter():
     assert by_name["ckpt_walltime_margin"]["type"] is float
     assert by_name["ckpt_metadata"]["type"] is str
     assert "choices" not in by_name["ckpt_metadata"]
+
+
+@pytest.mark.parametrize(("value", "size"), [
+    (None, None), ("none", None), ("", None), (" None ", None),
+    (123, 123), ("4096", 4096), ("50G", 50 * 1024 ** 3), ("800m", 800 * 1024 ** 2),
+    ("1.5T", int(1.5 * 1024 ** 4)), ("2TB", 2 * 1000 ** 4), ("10 GiB", 10 * 1024 ** 3),
+    ("512K", 512 * 1024), ("3kb", 3000), ("7b", 7),
+])
+def test_ckpt_keep_bytes_reads_bytes_and_sizes_with_units(value, size):
+    assert read_settings({"epochs": 3, "ckpt_keep_bytes": value}).keep_bytes == size
+
+
+def test_ckpt_keep_bytes_defaults_to_no_budget():
+    assert read_settings({"epochs": 3}).keep_bytes is None
+
+
+@pytest.mark.parametrize("bad", ["50 gallons", "G", "-5G", "0", 0.2, True, [50], "1e9"])
+def test_a_bad_ckpt_keep_bytes_names_the_parameter_value_and_what_is_accepted(bad):
+    with pytest.raises(CkptParamError) as err:
+        read_settings({"epochs": 3, "ckpt_keep_bytes": bad})
+    text = str(err.value)
+    assert "'ckpt_keep_bytes'" in text and repr(bad) in text and "'50G'" in text
+
+
+def test_ckpt_keep_bytes_comes_from_the_command_line():
+    ns = ckpt_parser(argparse.ArgumentParser()).parse_args(["--ckpt_keep_bytes", "2G"])
+    assert read_settings(ns, epochs_required=False).keep_bytes == 2 * 1024 ** 3

@@ -444,3 +444,49 @@ def test_should_save_says_which_rule_decided():
     assert len(set(reasons)) == len(reasons)
     assert "ckpt_save_interval=0" in reasons[0] and "ckpt_skip_epochs=2" in reasons[1]
     assert "best" in reasons[2] and "interval 3" in reasons[3] and "final" in reasons[4]
+
+
+# ------------------------------------------------------------------ byte budget
+
+def _sizes(sizes):
+    return lambda keys: sum(sizes[k] for k in keys)
+
+
+def test_the_byte_budget_gives_up_the_oldest_unprotected_until_the_rest_fits():
+    sizes = {1: 10, 2: 10, 3: 10, 4: 10, 5: 10}
+    doomed, used = policy.epochs_over_budget(30, sizes, {2, 5}, _sizes(sizes))
+    assert (doomed, used) == ([1, 3], 30)
+
+
+def test_a_budget_already_met_deletes_nothing():
+    sizes = {1: 10, 2: 10}
+    assert policy.epochs_over_budget(20, sizes, set(), _sizes(sizes)) == ([], 20)
+
+
+def test_a_budget_the_protected_ones_exceed_deletes_all_else_and_reports_the_excess():
+    sizes = {1: 10, 2: 50, 3: 10, 4: 50}
+    doomed, used = policy.epochs_over_budget(40, sizes, {2, 4}, _sizes(sizes))
+    assert doomed == [1, 3] and used == 100
+
+
+def test_a_budget_below_one_byte_is_refused_naming_the_parameter():
+    with pytest.raises(CkptParamError, match="'ckpt_keep_bytes'"):
+        policy.epochs_over_budget(0, [1], set(), lambda keys: 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.dictionaries(st.integers(1, 40), st.integers(0, 100), max_size=12),
+       protected=st.sets(st.integers(1, 40), max_size=4),
+       budget=st.integers(1, 600))
+def test_the_byte_budget_never_deletes_protected_and_stops_as_soon_as_it_fits(
+        sizes, protected, budget):
+    doomed, used = policy.epochs_over_budget(budget, sizes, protected, _sizes(sizes))
+    remaining = set(sizes) - set(doomed)
+    assert not set(doomed) & protected
+    assert doomed == sorted(doomed) and used == sum(sizes[k] for k in remaining)
+    unprotected_left = sorted(remaining - protected)
+    if used > budget:  # could not fit: everything unprotected was given up
+        assert not unprotected_left
+    if doomed:  # without the newest deletion it did not fit yet; older ones all went
+        assert used + sizes[doomed[-1]] > budget
+        assert all(k > doomed[-1] for k in unprotected_left)

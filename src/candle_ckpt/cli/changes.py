@@ -10,19 +10,18 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..policy import epochs_to_keep, protected_epochs, restart_order
+from ..policy import epochs_over_budget, epochs_to_keep, protected_epochs, restart_order
 from ..storage import objects
 from ..storage.commit import Committer
 from ..storage.layout import Layout
 from ..storage.lock import acquire_lock, release_lock
 from ..storage.safeio import printable
+from ..storage.usage import Footprint, dir_size, human_size
 from .common import (
     EXIT_OK,
     PROG,
     CliError,
     append_log,
-    dir_size,
-    human_size,
     open_directory,
     resolve_epoch,
 )
@@ -88,16 +87,19 @@ def _prune_objects(layout: Layout, doomed: list[int], dry_run: bool
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    if args.keep is None and args.keep_bytes is None:
+        raise CliError("prune: give --keep N, --keep-bytes SIZE or both (what to keep)")
     layout = open_directory(args.directory)
     key = None if args.dry_run else acquire_lock(layout)[0]
     try:
-        return prune(layout, args.keep, args.mode, args.dry_run)
+        return prune(layout, args.keep, args.mode, args.dry_run, args.keep_bytes)
     finally:
         if key is not None:
             release_lock(key)
 
 
-def prune(layout: Layout, keep: int, mode: str, dry_run: bool) -> int:
+def prune(layout: Layout, keep: int | None, mode: str, dry_run: bool,
+          keep_bytes: int | None = None) -> int:
     """Delete the valid checkpoints the keep policy does not keep; never a protected one.
 
     Only checkpoints that pass verification are counted and considered: a damaged or
@@ -105,7 +107,9 @@ def prune(layout: Layout, keep: int, mode: str, dry_run: bool) -> int:
     evidence), and ``--keep N`` keeps N usable ones. Protected (see
     :func:`policy.protected_epochs`): the targets of ``last`` and ``best``, the
     checkpoint a restart would load now (``last``, or the valid one restart falls back
-    to when ``last`` is damaged) and the newest valid checkpoint.
+    to when ``last`` is damaged) and the newest valid checkpoint. ``keep`` None: no
+    count limit; ``keep_bytes``: then the oldest unprotected of the kept ones go too until
+    the kept ones fit in that many bytes.
     """
     last = layout.read_pointer("last")
     best = layout.read_pointer("best")
@@ -129,12 +133,24 @@ def prune(layout: Layout, keep: int, mode: str, dry_run: bool) -> int:
     # Ages and "the newest" count from the checkpoint restart would load: that is where
     # training goes on.
     now = restart_from if restart_from is not None else last.epoch
-    kept = epochs_to_keep(mode, keep, valid, now, best.epoch, protected) if valid else set()
+    if keep is None:
+        mode = "all"
+    kept = epochs_to_keep(mode, keep or 1, valid, now, best.epoch, protected) if valid else set()
+    policy_text = f"{mode}/{keep}" if keep is not None else "all"
+    if keep_bytes is not None:
+        policy_text += f", at most {human_size(keep_bytes)}"
+        candidates = kept & set(valid)
+        footprint = Footprint.measure({e: layout.epoch_dir(e) for e in candidates})
+        over, used = epochs_over_budget(keep_bytes, candidates, protected, footprint.of)
+        kept -= set(over)
+        if used > keep_bytes:
+            print(f"the budget of {human_size(keep_bytes)} cannot be met: the protected "
+                  f"checkpoints occupy {human_size(used)}")
     doomed = [e for e in valid if e not in kept]
     kept_text = ", ".join(map(str, sorted(kept & set(valid)))) or "none"
     restart_text = (f"restart loads {restart_from}" if restart_from is not None
                     else "restart finds no valid checkpoint")
-    print(f"keep policy {mode}/{keep} over {len(valid)} valid checkpoint(s): keeping "
+    print(f"keep policy {policy_text} over {len(valid)} valid checkpoint(s): keeping "
           f"{kept_text} (last {last.epoch}"
           + (f", best {best.epoch}" if best.epoch is not None else "")
           + (f"; {restart_text}" if restart_from != last.epoch else "") + ")")
@@ -153,7 +169,7 @@ def prune(layout: Layout, keep: int, mode: str, dry_run: bool) -> int:
                 # below says which failed.
                 failures.append(f"epoch {epoch}: {printable(err.strerror or err)}")
                 continue
-            append_log(layout, f"prune ({mode}/{keep}): removed {layout.pointer_text(epoch)} "
+            append_log(layout, f"prune ({policy_text}): removed {layout.pointer_text(epoch)} "
                                f"({size} bytes)")
         freed += size
         removed += 1

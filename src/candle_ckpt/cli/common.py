@@ -9,7 +9,6 @@ an output or log line).
 from __future__ import annotations
 
 import os
-import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from ..storage.layout import (
     summarize,
 )
 from ..storage.safeio import append_log_line, printable
+from ..storage.usage import Footprint
 
 PROG = "candle-ckpt"
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
@@ -111,31 +111,6 @@ def resolve_epoch(layout: Layout, spec: str, pointers: Sequence[str] = ("last", 
 # ------------------------------------------------------------------------------ helpers
 
 
-def dir_size(path: Path) -> int:
-    """Bytes of the regular files under ``path`` (links not followed)."""
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                total += st.st_size
-    return total
-
-
-def human_size(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    value = float(n)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024 or unit == "TiB":
-            return f"{value:.1f} {unit}"
-    raise AssertionError("unreachable")
-
-
 def as_size(value: Any) -> int | None:
     """A manifest's recorded size when it is a plain non-negative integer, else None."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -200,7 +175,8 @@ def append_log(layout: Layout, message: str) -> None:
 @dataclass
 class Row:
     summary: CheckpointSummary
-    size: int
+    size: int  # every file the checkpoint needs
+    alone: int  # what deleting it alone would free
 
     @property
     def info(self) -> dict[str, Any] | None:
@@ -214,7 +190,9 @@ class Row:
 
 
 def rows_of(layout: Layout) -> list[Row]:
-    return [Row(s, dir_size(s.path)) for s in summarize(layout)]
+    summaries = summarize(layout)
+    footprint = Footprint.measure({s.key: s.path for s in summaries})
+    return [Row(s, footprint.size(s.key), footprint.alone(s.key)) for s in summaries]
 
 
 def metric_names(rows: Sequence[Row]) -> list[str]:

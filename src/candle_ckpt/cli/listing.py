@@ -11,13 +11,13 @@ from typing import Any
 from ..storage.fsio import json_safe
 from ..storage.layout import INFO_FILE, Layout, read_info_safely
 from ..storage.safeio import printable
+from ..storage.usage import dir_size, human_size
 from .common import (
     EXIT_OK,
     CliError,
     Row,
     as_size,
     fmt_number,
-    human_size,
     layout_name,
     metric_names,
     metric_of,
@@ -61,6 +61,7 @@ def listing_json(layout: Layout, rows: Sequence[Row]) -> dict[str, Any]:
             "metric_value": info.get("metric_value"),
             "best_metric_last": info.get("best_metric_last"),
             "size": r.size,
+            "alone": r.alone,
             "timestamp": info.get("timestamp"),
             "backend": info.get("backend"),
             "error": r.summary.error,
@@ -72,6 +73,8 @@ def listing_json(layout: Layout, rows: Sequence[Row]) -> dict[str, Any]:
         "last": pointer("last"),
         "best": pointer("best"),
         "checkpoints": checkpoints,
+        "disk_use": dir_size(layout.base),
+        "sizes_sum": sum(r.size for r in rows),
     }
 
 
@@ -96,11 +99,14 @@ def print_listing(layout: Layout, rows: Sequence[Row]) -> None:
             value = f"{printable(info['save_best_metric'])}={value}"
         table.append([
             str(r.summary.key), value, ",".join(r.summary.markers), human_size(r.size),
-            printable(info.get("timestamp", "-")), r.status,
+            human_size(r.alone), printable(info.get("timestamp", "-")), r.status,
         ])
     print()
-    print_table(["EPOCH", metric_header, "MARK", "SIZE", "SAVED", "STATUS"], table,
-                [True, True, False, True, False, False])
+    print_table(["EPOCH", metric_header, "MARK", "SIZE", "ALONE", "SAVED", "STATUS"], table,
+                [True, True, False, True, True, False, False])
+    print(f"\n{len(rows)} checkpoint{'s' if len(rows) != 1 else ''}: sizes add up to "
+          f"{human_size(sum(r.size for r in rows))}; {printable(layout.base)} occupies "
+          f"{human_size(dir_size(layout.base))} on disk")
     last = layout.read_pointer("last").epoch
     if last is not None:
         after = [r.summary.epoch for r in rows if r.summary.epoch > last]

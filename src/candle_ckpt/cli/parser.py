@@ -7,7 +7,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..errors import CkptError
+from ..errors import CkptError, CkptParamError
+from ..params import parse_bytes
 from ..storage.safeio import printable
 from .changes import cmd_prune, cmd_rollback
 from .common import (
@@ -25,6 +26,16 @@ from .verify import cmd_verify
 _DIR_HELP = ("a run's ckpt_directory (either layout), its ckpts/ subdirectory, or the "
              "directory of 'candle-ckpt demo'")
 _EXIT_TEXT = "Exit status: 0 ok, 1 verification failed, 2 error (one line on stderr)."
+
+
+def _size(text: str) -> int:
+    try:
+        size = parse_bytes("--keep-bytes", text)
+    except CkptParamError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if size is None:
+        raise argparse.ArgumentTypeError("--keep-bytes: give a size; leave it out for none")
+    return size
 
 
 def _positive_int(text: str) -> int:
@@ -92,9 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "incomplete (left for you to look at). Every checkpoint is verified first, "
                 "checksums included, so this reads every file once.")
     p.add_argument("directory", metavar="DIR", help=_DIR_HELP)
-    p.add_argument("--keep", type=_positive_int, required=True, metavar="N",
+    p.add_argument("--keep", type=_positive_int, metavar="N",
                    help="how many valid checkpoints to keep (the protected ones are kept "
                         "in any case)")
+    p.add_argument("--keep-bytes", type=_size, metavar="SIZE",
+                   help="then delete the oldest unprotected kept ones until the kept ones "
+                        "fit in SIZE, as ckpt_keep_bytes ('50G', '800M', '2TB', bytes)")
     p.add_argument("--mode", choices=("linear", "exponential"), default="linear",
                    help="keep policy, as ckpt_keep_mode (default: linear)")
     p.add_argument("--dry-run", action="store_true", help="print what would be removed")

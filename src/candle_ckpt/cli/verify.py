@@ -14,11 +14,11 @@ from ..storage.integrity import (
 )
 from ..storage.layout import INFO_FILE, Layout, info_problem
 from ..storage.safeio import printable
+from ..storage.usage import human_size
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
     as_size,
-    human_size,
     open_directory,
     resolve_epoch,
 )

@@ -5,6 +5,8 @@ each rank's ``rng-rank-NNNNN.pt``, written with ``torch.save`` and read with
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,9 +40,30 @@ def load_regular(path: Path) -> Any:
     try:
         proc = f"/proc/self/fd/{fd}"
         source: Any = proc if os.path.exists(proc) else path
-        return torch.load(source, map_location="cpu", weights_only=True)
+        return torch_load(source, path.name)
     finally:
         os.close(fd)
+
+
+def torch_load(source: Any, name: str, **options: Any) -> Any:
+    """``torch.load(source, weights_only=True)`` on the CPU; a file that does not unpickle
+    so raises :class:`CheckpointCorruptError` saying so in one line.
+
+    torch's own message for it advises loading with ``weights_only=False``: for a
+    damaged checkpoint that would run whatever the damage left in it.
+    """
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True, **options)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unpickler error:\s*(\S[^\n]*)", str(err))
+        first = str(err).strip().split("\n", 1)[0]
+        detail = found.group(1).strip() if found else (
+            first if first and "weights_only" not in first else "")
+        detail = detail.split(". ", 1)[0]  # what it found, not torch's advice
+        raise CheckpointCorruptError(
+            f"{name}: torch.load(weights_only=True) cannot read it (damaged, or it holds "
+            "objects other than tensors and plain data)"
+            + f": {type(err).__name__}" + (f": {detail}" if detail else "")) from err
 
 
 def save(payload: dict[str, Any], sink: FileSink, name: str) -> None:

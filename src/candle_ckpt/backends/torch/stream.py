@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from ...storage.safeio import open_regular
+from .files import torch_load
 
 __all__ = ["CHUNK_BYTES", "MappedCheckpoint", "load_mapped"]
 
@@ -69,7 +70,7 @@ def load_mapped(path: Path, fallback: Callable[[Path], Any]) -> MappedCheckpoint
             return MappedCheckpoint(fallback(path), None)
         proc = f"/proc/self/fd/{fd}"
         source: Any = proc if os.path.exists(proc) else path
-        payload = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
+        payload = torch_load(source, path.name, mmap=True)
     finally:
         os.close(fd)
     return MappedCheckpoint(payload, _extent(payload))
