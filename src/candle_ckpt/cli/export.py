@@ -7,7 +7,8 @@ import argparse
 from ..errors import CkptError
 from ..loading import export
 from ..storage.safeio import printable
-from .common import EXIT_OK, CliError, human_size, open_directory, resolve_epoch
+from ..storage.usage import human_size
+from .common import EXIT_OK, CliError, open_directory, resolve_epoch
 
 
 def cmd_export(args: argparse.Namespace) -> int:

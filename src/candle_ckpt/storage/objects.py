@@ -495,10 +495,16 @@ def references_by_checkpoint(layout: Layout) -> dict[str, set[str]] | str:
     """The objects each checkpoint directory in ``epochs/`` (and ``work/``) references,
     by directory name; or why that cannot be known (a ``ckpt-info.json`` that cannot be
     read: its objects might be any)."""
+    return references_in(layout.base)
+
+
+def references_in(base: Path) -> dict[str, set[str]] | str:
+    """:func:`references_by_checkpoint` of the tree ``base`` (``<ckpt_directory>/ckpts``)."""
     out: dict[str, set[str]] = {}
-    dirs: list[Path] = [layout.work] if is_real_dir(layout.work) else []
+    work = base / "work"
+    dirs: list[Path] = [work] if is_real_dir(work) else []
     try:
-        entries = list(os.scandir(layout.epochs_dir))
+        entries = list(os.scandir(base / "epochs"))
     except FileNotFoundError:
         entries = []
     for entry in entries:
@@ -578,6 +584,30 @@ def collect(layout: Layout) -> tuple[int, int, str | None]:
             freed += st.st_size
             step("object-deleted")
     return count, freed, None
+
+
+def named_by(checkpoint: Path) -> set[str]:
+    """The objects a checkpoint directory's ``ckpt-info.json`` names (none if it names
+    none or cannot be read)."""
+    try:
+        named = read_info_file(checkpoint / INFO_FILE).get("objects")
+    except (OSError, ValueError):
+        return set()
+    return {n for n in named if is_object_name(n)} if isinstance(named, dict) else set()
+
+
+def object_sizes(store: Path, names: set[str]) -> dict[str, int]:
+    """The size of each of ``names`` in ``store`` (absent: not there, or not a regular
+    file)."""
+    out = {}
+    for name in names:
+        try:
+            st = os.stat(object_path(store, name), follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            out[name] = st.st_size
+    return out
 
 
 def sizes(layout: Layout) -> dict[str, int]:
