@@ -36,6 +36,7 @@ def objects_of(directory: Path, epoch: int) -> set[str]:
 
 def test_verify_checks_the_shared_objects_of_every_checkpoint(tmp_path):
     write(tmp_path)
+    assert "ckpt_dedup: tensors/variables" in (tmp_path / "ckpt.log").read_text()
     proc = run_cli("verify", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("2 shared object(s)") == 5
