@@ -143,10 +143,12 @@ class Saver:
         tally = ChecksumTally()
         sink = FileSink(work, record.checksum_algorithm, tally, objects)
         start = time.perf_counter()
+        before = objects.written_bytes if objects is not None else 0
         written = self.backend.write(snapshot, sink)
         files = sink.finish()
         return {"written": written, "files": files, "tally": tally,
                 "objects": sink.references if objects is not None else None,
+                "object_bytes": (objects.written_bytes - before) if objects is not None else 0,
                 "seconds": time.perf_counter() - start}
 
     def _write_info(self, work: Path, record: SaveRecord,
@@ -171,20 +173,23 @@ class Saver:
             )
         # The ranks wrote side by side: all their bytes, in the time of the slowest.
         self.report_written(files, max(o["seconds"] for o in outcomes),
-                            ChecksumTally.parallel(o["tally"] for o in outcomes))
+                            ChecksumTally.parallel(o["tally"] for o in outcomes),
+                            sum(o.get("object_bytes", 0) for o in outcomes))
         info = to_info(record, written, dict(sorted(files.items())),
                        None if references is None else dict(sorted(references.items())))
         self.committer.write_info(work / INFO_FILE, info)
         return info
 
     def report_written(self, files: dict[str, Any], seconds: float,
-                       tally: ChecksumTally) -> None:
+                       tally: ChecksumTally, object_bytes: int = 0) -> None:
         """The original's lines for a save's files: ``model wrote:``, ``checksummed:``.
 
         ``seconds``: from the backend's first write to every file fsynced; checksums
         computed on the way are in it (and, alone, in the ``checksummed:`` line).
+        ``object_bytes``: the shared objects (``ckpt_dedup``) this save wrote (not those
+        it references without writing).
         """
-        self.log.model_wrote(sum(f["size"] for f in files.values()), seconds)
+        self.log.model_wrote(sum(f["size"] for f in files.values()) + object_bytes, seconds)
         if tally.files:
             self.log.checksummed(tally.nbytes, tally.seconds)
 

@@ -88,3 +88,13 @@ def test_list_shows_disk_use_against_the_sum_of_checkpoint_sizes(tmp_path):
     assert all(r["size"] - r["alone"] >= len(FROZEN) for r in rows)
     text = run_cli("list", tmp_path).stdout
     assert "sizes add up to" in text and "on disk" in text
+
+
+def test_the_model_wrote_line_counts_only_the_objects_a_save_wrote(tmp_path):
+    write(tmp_path, 2, ckpt_keep_mode="all")
+    wrote = [float(line.split("model wrote: ")[1].split(" MB")[0])
+             for line in (tmp_path / "ckpt.log").read_text().splitlines()
+             if "model wrote: " in line]
+    assert len(wrote) == 2
+    assert wrote[0] * 1e6 >= len(FROZEN) + 3000  # everything was new
+    assert wrote[1] * 1e6 < len(FROZEN) / 4  # the frozen object was only referenced

@@ -149,6 +149,7 @@ class ObjectStore:
         self.directory = directory
         self.verify_reused = verify_reused
         self._verified: set[str] = set()
+        self.written_bytes = 0  # by put() calls so far: what the store really wrote
 
     def put(self, arrays: Sequence[Array]) -> list[tuple[str, int]]:
         """Store ``arrays``; their (name, size) in order. Objects are durable on return.
@@ -194,6 +195,7 @@ class ObjectStore:
                     raise
                 # Flushed to the disk while the next one is written; the fd is closed there.
                 syncer.submit(fd, "object-written")
+                self.written_bytes += size
                 written.append((tmp, final))
                 pending.add(final)
             syncer.wait()  # every object's bytes are durable (or an error is raised)
