@@ -2,7 +2,7 @@
 
 Run on demand (not part of the test suite):
 
-    python benchmarks/bench_dedup.py                      # ~1.2 GB of weights (300M params)
+    python benchmarks/bench_dedup.py                      # 1.2 GB of weights (300M params)
     python benchmarks/bench_dedup.py --params 50e6        # a quick look
 
 1. Fine-tuning: a stack of Linear layers, 90 % of the parameters frozen (the first
