@@ -7,7 +7,8 @@ Under SLURM (SLURM_JOB_ID is set) candle-ckpt's defaults do the work:
     `scontrol requeue $SLURM_JOB_ID`);
   - the job's end time (SLURM_JOB_END_TIME) is a deadline too: it saves and stops
     ckpt_walltime_margin seconds before it (ckpt_walltime_end=auto).
-The requeued job runs this script again; it resumes at the batch where it stopped.
+The requeued job runs this script again; ckpt.batches() resumes the interrupted epoch
+after the batch where it stopped, in the order the stopped job was using.
 
     python examples/slurm/train.py --epochs 20 --ckpt_directory ./save-slurm
 """
@@ -30,11 +31,7 @@ def main() -> None:
     data = torch.Generator().manual_seed(0)
     x = torch.randn(2048, 16, generator=data)
     y = x[:, :1] - 2 * x[:, 1:2] + 0.1 * torch.randn(2048, 1, generator=data)
-    # The order of every epoch is a function of the epoch number alone, so an epoch
-    # resumed in the middle sees the same batches as an uninterrupted one.
-    order = torch.Generator()
-    train = DataLoader(TensorDataset(x[:1792], y[:1792]), batch_size=32, shuffle=True,
-                       generator=order)
+    train = DataLoader(TensorDataset(x[:1792], y[:1792]), batch_size=32, shuffle=True)
     x_val, y_val = x[1792:], y[1792:]
 
     torch.manual_seed(0)
@@ -44,15 +41,14 @@ def main() -> None:
     ckpt = candle.CandleCkptPyTorch(params)
     ckpt.set_model({"model": model, "optimizer": optimizer})  # installs the signal handlers
     J = ckpt.restart(model)
-    # J["batch"]: batches of epoch J["epoch"] + 1 already trained (0 at an epoch's end).
-    start_epoch, done = (J["epoch"], J["batch"]) if J is not None else (0, 0)
+    start_epoch = J["epoch"] if J is not None else 0
 
     for epoch in range(start_epoch, params.epochs):
-        order.manual_seed(1000 + epoch)
         model.train()
-        for i, (xb, yb) in enumerate(train):
-            if epoch == start_epoch and i < done:
-                continue  # trained before the stop
+        # The epoch's batches; after a stop, the rest of the interrupted epoch, in its
+        # order (the batches already trained are skipped, their samples never loaded).
+        batches = ckpt.batches(train, epoch)
+        for i, (xb, yb) in enumerate(batches, start=batches.start):
             optimizer.zero_grad()
             nn.functional.mse_loss(model(xb), yb).backward()
             optimizer.step()

@@ -242,7 +242,7 @@ class CandleCkpt(SpecMethods, RestartArgs):
         reason = due.reason if due is not None else (
             f"ckpt_save_interval_seconds={self._preempt.interval:g}")
         record = self._plan.mid_epoch(epoch_done, batches, reason)
-        self._start_save(record, Progress(epoch_done), durable=due is not None)
+        self._start_save(record, Progress(epoch_done, batch=batches), durable=due is not None)
         if due is None:
             return False
         self._preempt.stopped(due, epoch_done, batches, self._writer)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ torch = pytest.importorskip("torch")
 
 import candle_ckpt as candle  # noqa: E402
 from candle_ckpt.coordination import reduce_metric  # noqa: E402
+from tests.helpers.process import free_port  # noqa: E402
+from tests.helpers.torch_state import assert_identical  # noqa: E402
 
 TRAINER = Path(__file__).with_name("ddp_trainer.py")
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -38,16 +39,10 @@ class Rank:
         return [json.loads(ln) for ln in self.stdout.splitlines() if ln.startswith("{")]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def launch(ckpt_dir: Path, out: Path, *args: str, env: dict[str, str] | None = None,
            timeout: float = 90.0, world: int = WORLD) -> list[Rank]:
     """Run every rank of one job to its end (a hung rank fails the test at ``timeout``)."""
-    base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+    base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
             "WORLD_SIZE": str(world), "PYTHONPATH": f"{SRC}{os.pathsep}"
             f"{os.environ.get('PYTHONPATH', '')}", **(env or {})}
     procs = [subprocess.Popen(
@@ -76,21 +71,6 @@ def finished(ranks: list[Rank]) -> None:
 def final_state(out: Path, rank: int) -> dict[str, Any]:
     state: dict[str, Any] = torch.load(f"{out}.rank{rank}", weights_only=False)
     return state
-
-
-def assert_identical(a: Any, b: Any, where: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and list(a) == list(b), where
-        for k in a:
-            assert_identical(a[k], b[k], f"{where}[{k!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 def initial_epochs(ranks: list[Rank]) -> list[int]:

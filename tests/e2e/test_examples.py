@@ -164,6 +164,8 @@ def test_slurm_example_saves_mid_epoch_on_sigusr1_requeues_and_the_requeued_run_
                   {**env, "SLURM_RESTART_COUNT": "1"})
     assert (f"restarted from {ckpt_dir}/ckpts/epochs/{stopped['epoch']:03d}"
             f"+{stopped['batch']:06d}") in resumed.stdout
+    assert (f"batches: epoch {epochs} resumed after batch {stopped['batch']}"
+            in resumed.stdout)  # the rest of the interrupted epoch, in its order
     assert last(ckpt_dir) == f"epochs/{epochs:03d}"
     assert info(ckpt_dir, "last")["partial"] is False
     assert calls.read_text() == "requeue 4242\n"  # a run that finishes is not requeued

@@ -9,12 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.process import send_signal_delivered
+from tests.helpers.signals import drive
 
 HERE = Path(__file__).parent
 TRAINER = HERE / "preempt_trainer.py"
@@ -27,36 +26,6 @@ def start(framework: str, mode: str, ckpt_dir: Path, out: Path, *extra: str,
     return subprocess.Popen([sys.executable, str(TRAINER), framework, mode, str(ckpt_dir),
                              str(out), *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=environ)
-
-
-def drive(proc: subprocess.Popen[str], at: str, signals: list[signal.Signals]) -> float:
-    """Ack every handshake (and only those: an extra ack would let the child run ahead);
-    when the line ``at`` appears, send ``signals`` first.
-
-    Returns the seconds from the signal to the child's exit.
-    """
-    assert proc.stdin is not None and proc.stdout is not None
-    sent = None
-    for line in proc.stdout:
-        if line.strip() == at and sent is None:
-            for sig in signals:
-                send_signal_delivered(proc.pid, sig)
-            sent = time.monotonic()
-        if not _is_handshake(line):
-            continue  # a log line (the async writer's among them): the child waits for none
-        try:
-            proc.stdin.write("\n")
-            proc.stdin.flush()
-        except BrokenPipeError:
-            break
-    proc.wait(timeout=120)
-    assert sent is not None, f"never saw {at!r}"
-    return time.monotonic() - sent
-
-
-def _is_handshake(line: str) -> bool:
-    text = line.strip()
-    return text == "ready" or text.startswith("batch ")
 
 
 def read(path: Path) -> dict:

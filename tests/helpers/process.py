@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -15,6 +16,13 @@ def child_env() -> dict[str, str]:
     (so a ``candle_ckpt`` put first on it, as the mutation script does, still wins)."""
     current = os.environ.get("PYTHONPATH")
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [current, str(ROOT)])))
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a torch.distributed rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def send_signal_delivered(pid: int, sig: int, timeout: float = 10.0) -> None:

@@ -51,6 +51,7 @@ class Progress:
 
     epoch: int | None = None  # the epoch a restart resumes from (completed epochs)
     metric: float | None = None  # the epoch's metric, as the caller gave it
+    batch: int = 0  # batches done in the epoch being trained (> 0: a mid-epoch save)
 
 
 UNKNOWN_PROGRESS = Progress()

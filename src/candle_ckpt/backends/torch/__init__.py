@@ -9,6 +9,7 @@
 ``matching``     a checkpoint file checked against the live objects (the original
                  CANDLE's files too) before anything changes
 ``files``        ``model.pt`` and the per-rank RNG files, written and read safely
+``order``        the epoch order of a data loader: ``batches()``, exact mid-epoch resume
 ``dcp``          sharded state (FSDP2, DTensor) through torch.distributed.checkpoint
 ===============  ==================================================================
 """
@@ -17,6 +18,8 @@ from .api import CandleCkptPyTorch
 from .backend import TorchBackend, TorchSnapshot
 from .entries import unwrap_module
 from .files import FORMAT, FORMAT_VERSION, MODEL_FILE, rank_file
+from .order import EpochBatches
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MODEL_FILE", "CandleCkptPyTorch", "TorchBackend",
+__all__ = ["FORMAT", "FORMAT_VERSION", "MODEL_FILE", "CandleCkptPyTorch", "EpochBatches",
+           "TorchBackend",
            "TorchSnapshot", "rank_file", "unwrap_module"]

@@ -26,6 +26,7 @@ from ...engine import CandleCkpt
 from ...errors import CkptParamError
 from .backend import TorchBackend, TorchSnapshot
 from .entries import is_set_model_dict
+from .order import EpochBatches
 
 
 class CandleCkptPyTorch(CandleCkpt):
@@ -83,10 +84,38 @@ class CandleCkptPyTorch(CandleCkpt):
         Returns True when a stop signal (``ckpt_signals``) or the wall-clock limit made it
         commit a mid-epoch checkpoint: end the training loop then (and call
         ``on_train_end()``). On restart, ``J["batch"]`` batches of epoch ``J["epoch"]``
-        are done: skip them.
+        are done: iterate :meth:`batches` and they are skipped, the rest in the
+        interrupted run's order.
         """
         self.backend.require_model("ckpt_batch")
         return super().ckpt_batch(epoch, batch)
+
+    def batches(self, loader: Any, epoch: int) -> EpochBatches:
+        """The batches of ``loader`` for the 0-based ``epoch``: iterate this, not the loader.
+
+        Usually the loader's own iterator, with the epoch's order recorded (the RNG
+        states it is drawn from; a ``StatefulDataLoader``'s ``state_dict()``), so that a
+        mid-epoch checkpoint can resume it. In the epoch a restart from a mid-epoch
+        checkpoint resumes, it continues after the batches already trained, in the order
+        the interrupted run had, without fetching the skipped samples (a map-style
+        dataset: they are skipped at the sampler), and with every RNG as ``restart``
+        left it. ``enumerate(b, start=b.start)`` numbers the batches as an
+        uninterrupted epoch does (``start``: the batches skipped)::
+
+            for epoch in range(initial_epoch, params["epochs"]):
+                epoch_batches = ckpt.batches(train_loader, epoch)
+                for i, (x, y) in enumerate(epoch_batches, start=epoch_batches.start):
+                    ...  # the step
+                    if ckpt.ckpt_batch(epoch, i):
+                        break
+
+        Raises:
+            CkptParamTypeError: ``loader`` is not a ``torch.utils.data.DataLoader``.
+            CkptParamError: ``epoch`` is not a non-negative integer.
+            CheckpointMismatchError: resuming, the loader is not of the kind, the
+                samplers or the length the interrupted run's was.
+        """
+        return self.backend.order.batches(loader, epoch)
 
     def ckpt_epoch(self, epoch: int, metric_value: Any = None) -> bool:  # type: ignore[override]
         """Checkpoint the 0-based ``epoch`` just completed, if the policies say so.

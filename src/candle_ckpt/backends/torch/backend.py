@@ -42,6 +42,7 @@ from .files import (
     write_rank_rng,
 )
 from .matching import RestorePlan, plan_restore, type_name
+from .order import EpochOrders, OrderRecord, order_from_file, order_to_file
 
 if TYPE_CHECKING:
     from ...storage.sink import FileSink
@@ -73,6 +74,8 @@ class TorchBackend:
         # sync save keeps only what cannot be written as it is (GPU tensors, views);
         # compact CPU tensors are written live.
         self.buffers = CaptureBuffers()
+        # The epoch order of the loader iterated through batches(), for mid-epoch saves.
+        self.order = EpochOrders(log)
 
     # ----------------------------------------------------------------- what to save
     def set_model(self, model: Mapping[str, Any]) -> None:
@@ -160,10 +163,13 @@ class TorchBackend:
         if self.sharded:
             sharded = dcp.capture(unwrap_module(objects["model"]), objects["optimizer"],
                                   copy_=not live)
+        order = self.order.capture(progress.epoch) if progress.batch else None
+        epoch_order = {} if order is None else {"epoch_order": order_to_file(order)}
         if not self.coord.is_writer:
             rng_only = global_rng.to_torch_file(global_rng.capture(torch), torch)
             # The replicated state is rank 0's to write.
-            return TorchSnapshot({"rng": rng_only}, [], sorted(rng_only), progress, sharded)
+            return TorchSnapshot({"rng": rng_only, **epoch_order}, [], sorted(rng_only),
+                                 progress, sharded)
         local = [e for e in self.entries if not (self.sharded and e.key in REQUIRED)]
         copies = Copies(share=live)
         previous = self.buffers.previous(live)
@@ -185,6 +191,7 @@ class TorchBackend:
             "loss": progress.metric,
             "entries": states,
             "rng": rng,
+            **epoch_order,  # a mid-epoch save of a loop that iterates batches()
         }
         if sharded is not None:
             payload["sharded"] = "dcp"
@@ -200,7 +207,8 @@ class TorchBackend:
                                   coord.is_writer):
                 sink.adopt(shard)  # fsynced (again) and checksummed by finish()
         if coord.multi_process:
-            name = write_rank_rng(sink, coord, snapshot.payload["rng"])
+            name = write_rank_rng(sink, coord, snapshot.payload["rng"],
+                                  snapshot.payload.get("epoch_order"))
             if not coord.is_writer:
                 return Written(name, {})
         found: list[Any] = []
@@ -272,7 +280,7 @@ class TorchBackend:
             sharded = dcp.plan_load(directory, unwrap_module(objects["model"]),
                                     objects["optimizer"], self.coord.group)
         # Before the big file; resharded, the per-rank RNG states do not map onto the ranks.
-        ranks_rng = None if resharded else load_rank_rng(directory, info, self.coord)
+        ranks = None if resharded else load_rank_rng(directory, info, self.coord)
         # Mapped, not read: only names, shapes and dtypes are checked now; apply copies.
         mapped = stream.load_mapped(directory / name, load_regular)
         if isinstance(mapped.payload, dict) and tensor_objects.REFS in mapped.payload:
@@ -282,6 +290,8 @@ class TorchBackend:
         elif tensor_objects.has_placeholders(mapped.payload):
             raise ValueError(f"{name} holds tensors without data and names no objects")
         plan = plan_restore(mapped.payload, name, objects, self.entries, sharded=self.sharded)
+        ranks_rng = None if ranks is None else ranks[0]
+        order = self._order_of(info, name, mapped.payload, ranks)
         plan.sharded = sharded
         plan.mapped = mapped
         if resharded:
@@ -299,9 +309,27 @@ class TorchBackend:
             notes.append(f"{name} was written by the original CANDLE code: {what} restored; it "
                          "holds no RNG states, so the resumed run is not bit-identical to an "
                          "uninterrupted one")
-        return Restored(apply=lambda: self._apply(plan), notes=notes)
+        return Restored(apply=lambda: self._apply(plan, order), notes=notes)
 
-    def _apply(self, plan: RestorePlan) -> list[str]:
+    def _order_of(self, info: dict[str, Any], name: str, payload: Any,
+                  ranks: tuple[Any, Any] | None) -> tuple[OrderRecord | None, int, int]:
+        """The checkpoint's epoch order, checked (a rank's own under torch.distributed),
+        with the epochs and batches it holds.
+
+        Raises:
+            CheckpointCorruptError: the record is damaged or contradicts the checkpoint.
+        """
+        epoch, batch = info.get("epoch"), info.get("batch", 0)
+        if not isinstance(epoch, int) or not isinstance(batch, int) or not batch:
+            return None, 0, 0  # an epoch's end (record.py checked the numbers)
+        if ranks is not None:
+            raw, where = ranks[1], rank_file("rng", self.coord.rank)
+        else:
+            raw, where = payload.get("epoch_order") if isinstance(payload, dict) else None, name
+        return order_from_file(raw, where, epoch, batch), epoch, batch
+
+    def _apply(self, plan: RestorePlan,
+               order: tuple[OrderRecord | None, int, int] = (None, 0, 0)) -> list[str]:
         """Copy a checked plan into the live objects; problems worth a warning."""
         objects = self.require_model("restart")
         mapped = plan.mapped or stream.MappedCheckpoint(None, None)
@@ -320,6 +348,7 @@ class TorchBackend:
         # Nothing live may keep the file mapped (the keep policy deletes the file later).
         plan.model, plan.optimizer, plan.entries = {}, None, {}
         mapped.release()
+        self.order.resume(*order)  # the next batches() of that epoch resumes it
         if plan.rng is None:
             return []
         _, problems = global_rng.restore(plan.rng, torch)

@@ -105,19 +105,24 @@ def rank_file(kind: str, rank: int) -> str:
     return f"{kind}-rank-{rank:05d}.pt"
 
 
-def write_rank_rng(sink: FileSink, coord: Coordinator, rng: dict[str, Any]) -> str:
+def write_rank_rng(sink: FileSink, coord: Coordinator, rng: dict[str, Any],
+                   epoch_order: dict[str, Any] | None = None) -> str:
     """This rank's RNG states (``rng``: a torch file's ``rng`` entry), in a file of its
-    own (ranks are seeded differently)."""
+    own (ranks are seeded differently), with its loader's ``epoch_order`` if recorded."""
     name = rank_file("rng", coord.rank)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "rank": coord.rank,
+               "world_size": coord.world_size, "rng": rng}
+    if epoch_order is not None:
+        payload["epoch_order"] = epoch_order
     with sink.open(name) as f:
-        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "rank": coord.rank,
-                    "world_size": coord.world_size, "rng": rng}, cast(IO[bytes], f))
+        torch.save(payload, cast(IO[bytes], f))
     return name
 
 
 def load_rank_rng(directory: Path, info: dict[str, Any],
-                  coord: Coordinator) -> global_rng.GlobalRng | None:
-    """This rank's saved RNG states (checked, not set); None: use the model file's.
+                  coord: Coordinator) -> tuple[global_rng.GlobalRng, Any] | None:
+    """This rank's saved RNG states (checked, not set) and the raw ``epoch_order`` of its
+    file (None if it has none); None: use the model file's.
 
     Raises:
         CheckpointMismatchError: the checkpoint was saved by another number of ranks
@@ -142,4 +147,5 @@ def load_rank_rng(directory: Path, info: dict[str, Any],
     if not isinstance(payload, dict) or payload.get("format") != FORMAT \
             or payload.get("rank") != coord.rank:
         raise CheckpointCorruptError(f"{name} is not the RNG file of rank {coord.rank}")
-    return global_rng.from_torch_file(payload.get("rng"), name, torch)
+    return (global_rng.from_torch_file(payload.get("rng"), name, torch),
+            payload.get("epoch_order"))
