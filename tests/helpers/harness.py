@@ -147,12 +147,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--async", dest="async_", action="store_true")
     ap.add_argument("--checksum", action="store_true")
+    ap.add_argument("--dedup", action="store_true", help="ckpt_dedup (shared objects)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="candle-ckpt-kill-"))
     try:
         outcome = run(args.framework, args.kills, args.seed, workdir, async_=args.async_,
-                      checksum=args.checksum)
+                      checksum=args.checksum, dedup=args.dedup)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
