@@ -136,3 +136,20 @@ def test_a_model_with_only_small_variables_restarts(tmp_path):
     assert J["skipped"] == []
     assert same([np.array(keras.ops.convert_to_numpy(v)) for v in fresh.weights],
                 [np.array(keras.ops.convert_to_numpy(v)) for v in model.weights])
+
+
+def test_a_restart_before_compile_applies_the_optimizer_state_when_training_begins(tmp_path):
+    straight = make()
+    fit(straight, tmp_path / "straight", 3)
+    model = make()
+    fit(model, tmp_path / "run", 2)
+    keras.utils.set_random_seed(99)
+    fresh = keras.Sequential([keras.Input((64,)), keras.layers.Dense(512, activation="tanh",
+                                                                     name="encoder"),
+                              keras.layers.Dropout(0.2), keras.layers.Dense(64, name="head")])
+    fresh.get_layer("encoder").trainable = False
+    J = candle.restart(params(tmp_path / "run", ckpt_restart_mode="required"), fresh)
+    assert J["epoch"] == 2  # the optimizer's state waits for training to begin
+    fresh.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    fit(fresh, tmp_path / "run", 3, initial=J["epoch"])
+    assert same(values(fresh), values(straight))
