@@ -26,6 +26,7 @@ from .errors import (
     MetricNotFoundError,
     UnsafeFileError,
 )
+from .loading import export, load_state
 from .params import (
     ParamRequired,
     ParamType,
@@ -90,6 +91,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "export",
+    "load_state",
     "CandleCkpt",
     "CandleCkptKeras",
     "CandleCheckpointCallback",

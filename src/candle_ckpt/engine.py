@@ -29,6 +29,7 @@ from .spec import SpecMethods, _metric, read_info_json
 from .storage.commit import Committer
 from .storage.layout import CkptKey, Layout, recorded_metrics
 from .storage.lock import Lease
+from .storage.objects import OBJECTS_DIR, ObjectStore
 
 __all__ = ["CandleCkpt", "read_info_json"]
 
@@ -75,8 +76,10 @@ class CandleCkpt(SpecMethods, RestartArgs):
         self.committer = Committer(self.layout, self._log.info)
         keep = KeepRule(self.settings.keep_mode, self.settings.keep_limit,
                         self.settings.keep_bytes)
+        store = ObjectStore(self.layout.base / OBJECTS_DIR, verify_reused=self.settings.checksum
+                            ) if self.settings.dedup else None
         self._saver = Saver(self.layout, self.committer, self.backend, self._log, keep,
-                            self._coord)
+                            self._coord, store)
         self._async = AsyncSaver(self._saver, self._log) if self.settings.async_save else None
         self._restorer = Restorer(self.settings.directory, self.settings.restart_mode,
                                   self.settings.checksum, self._log, self._coord)

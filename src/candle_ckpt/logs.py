@@ -229,6 +229,10 @@ def start_report(settings: Any, direction: Any, backend: str, preemption: str) -
         f"{s.keep_limit} checksum={s.checksum} backend={backend}",
         preemption,
     ]
+    if getattr(s, "dedup", False):
+        lines.append("ckpt_dedup: tensors/variables of 64 KiB or more are stored once, as "
+                     "objects shared by the checkpoints (ckpts/objects/); a save writes "
+                     "only those whose content is not there yet")
     keep_bytes = getattr(s, "keep_bytes", None)
     if keep_bytes is not None:
         lines.append(f"ckpt_keep_bytes={human_size(keep_bytes)} ({keep_bytes} bytes): this "

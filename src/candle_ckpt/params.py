@@ -226,6 +226,10 @@ CKPT_PARAMS: tuple[_Def, ...] = (
     _Def("ckpt_async", ParamType.BOOLEAN, False,
          "Write checkpoints in a background thread (the training thread only copies state); "
          "a save in flight at exit or on SIGTERM is finished first"),
+    _Def("ckpt_dedup", ParamType.BOOLEAN, False,
+         "Store each large tensor/variable once per directory, as a shared object named by "
+         "its content: a save writes only what changed since any checkpoint kept (for "
+         "fine-tuning with frozen layers and keeping many checkpoints)"),
     _Def("ckpt_signals", ParamType.STRING, "auto",
          "Signals that mean 'save now and stop' (e.g. 'SIGUSR1,SIGTERM' or 'none'); auto: "
          "SIGUSR1 and SIGTERM under SLURM, none otherwise"),
@@ -266,6 +270,7 @@ class CkptSettings:
     save_weights_only: bool
     best_metric_last: float | None
     async_save: bool
+    dedup: bool = False
     signals: Any = "auto"  # as given (a string or a list); parsed by candle_ckpt.preempt
     requeue: str = "auto"
     save_interval_seconds: float = 0.0
@@ -325,6 +330,7 @@ def read_settings(gParameters: Any, *, epochs_required: bool = True) -> CkptSett
         save_weights_only=v["ckpt_save_weights_only"],
         best_metric_last=best_last,
         async_save=v["ckpt_async"],
+        dedup=v["ckpt_dedup"],
         signals=v.get("ckpt_signals", signals),
         requeue=v["ckpt_requeue"],
         save_interval_seconds=v["ckpt_save_interval_seconds"],

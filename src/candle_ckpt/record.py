@@ -14,6 +14,7 @@ from typing import Any
 
 from .storage.integrity import DISABLED
 from .storage.layout import TIME_FORMAT
+from .storage.objects import ALGORITHM as OBJECTS_ALGORITHM
 
 FORMAT_VERSION = 1
 
@@ -52,8 +53,13 @@ class Written:
     info: dict[str, Any]
 
 
-def to_info(record: SaveRecord, written: Written, files: dict[str, Any]) -> dict[str, Any]:
-    """The ckpt-info.json of a checkpoint (the spec's fields, then ours, then the backend's)."""
+def to_info(record: SaveRecord, written: Written, files: dict[str, Any],
+            objects: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ckpt-info.json of a checkpoint (the spec's fields, then ours, then the backend's).
+
+    ``objects``: the shared objects it references (``ckpt_dedup``), name -> {"size"};
+    their names are their checksums (``objects_algorithm``).
+    """
     elapsed: Any = FIRST if record.time_previous is None else round(
         record.time - record.time_previous, 6)
     model_entry = files.get(written.model_file) or {}
@@ -76,6 +82,9 @@ def to_info(record: SaveRecord, written: Written, files: dict[str, Any]) -> dict
         "metadata": record.metadata,
         "backend": record.backend,
     }
+    if objects is not None:
+        info["objects_algorithm"] = OBJECTS_ALGORITHM
+        info["objects"] = objects
     for key, value in written.info.items():
         info.setdefault(key, value)  # a backend never overrides the engine's fields
     return info

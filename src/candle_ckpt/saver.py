@@ -31,6 +31,7 @@ from .record import SaveRecord, to_info
 from .storage.commit import Committer
 from .storage.integrity import ChecksumTally
 from .storage.layout import INFO_FILE, CkptKey, Layout
+from .storage.objects import ObjectStore
 from .storage.sink import FileSink
 from .storage.usage import Footprint, human_size
 
@@ -53,8 +54,10 @@ class Saver:
     """
 
     def __init__(self, layout: Layout, committer: Committer, backend: Backend, log: CkptLog,
-                 keep: KeepRule, coord: Coordinator | None = None) -> None:
+                 keep: KeepRule, coord: Coordinator | None = None,
+                 objects: ObjectStore | None = None) -> None:
         self.coord = coord if coord is not None else LocalCoordinator()
+        self.objects = objects  # ckpt_dedup: the shared object store of this layout
         self.layout = layout
         self.committer = committer
         self.backend = backend
@@ -69,7 +72,10 @@ class Saver:
     # ------------------------------------------------------------------ writing
     def write_work(self, work: Path, record: SaveRecord, snapshot: Any) -> dict[str, Any]:
         """The backend's files, then ckpt-info.json (fsynced) last; returns the info."""
-        return self._write_info(work, record, [self._write_files(work, record, snapshot)])
+        # (Written outside the tree: its objects would have no checkpoint of the tree
+        # naming them, so it is written whole.)
+        return self._write_info(work, record, [self._write_files(work, record, snapshot,
+                                                                 None)])
 
     def save(self, record: SaveRecord, snapshot: Any) -> Path:
         """Write, commit and point ``last`` (and ``best``) at the record's epoch.
@@ -87,7 +93,8 @@ class Saver:
         try:
             coord.step(f"creating {work}", self._new_work, writer_only=True, pending=snapshot)
             outcomes = coord.step(f"writing its files into {work}",
-                                  lambda: self._write_files(work, record, snapshot))
+                                  lambda: self._write_files(work, record, snapshot,
+                                                            self.objects))
             coord.step("committing", lambda: self._commit(record, outcomes), writer_only=True)
         except (StepFailed, LostContact) as err:
             self._discard_work()
@@ -129,20 +136,29 @@ class Saver:
         if self.coord.is_writer:
             shutil.rmtree(self.layout.work, ignore_errors=True)
 
-    def _write_files(self, work: Path, record: SaveRecord, snapshot: Any) -> dict[str, Any]:
-        """This process's files of the checkpoint, written and fsynced: their manifest."""
+    def _write_files(self, work: Path, record: SaveRecord, snapshot: Any,
+                     objects: ObjectStore | None) -> dict[str, Any]:
+        """This process's files of the checkpoint, written and fsynced: their manifest
+        (and the shared objects it references, durable too)."""
         tally = ChecksumTally()
-        sink = FileSink(work, record.checksum_algorithm, tally)
+        sink = FileSink(work, record.checksum_algorithm, tally, objects)
         start = time.perf_counter()
+        before = objects.written_bytes if objects is not None else 0
         written = self.backend.write(snapshot, sink)
         files = sink.finish()
         return {"written": written, "files": files, "tally": tally,
+                "objects": sink.references if objects is not None else None,
+                "object_bytes": (objects.written_bytes - before) if objects is not None else 0,
                 "seconds": time.perf_counter() - start}
 
     def _write_info(self, work: Path, record: SaveRecord,
                     outcomes: list[dict[str, Any]]) -> dict[str, Any]:
         """ckpt-info.json naming every process's files, written last and fsynced."""
         files: dict[str, Any] = {}
+        references: dict[str, Any] | None = None  # None: written without ckpt_dedup
+        for outcome in outcomes:
+            if outcome.get("objects") is not None:
+                references = {**(references or {}), **outcome["objects"]}
         for rank, outcome in enumerate(outcomes):
             clash = set(files) & set(outcome["files"])
             if clash:
@@ -157,19 +173,23 @@ class Saver:
             )
         # The ranks wrote side by side: all their bytes, in the time of the slowest.
         self.report_written(files, max(o["seconds"] for o in outcomes),
-                            ChecksumTally.parallel(o["tally"] for o in outcomes))
-        info = to_info(record, written, dict(sorted(files.items())))
+                            ChecksumTally.parallel(o["tally"] for o in outcomes),
+                            sum(o.get("object_bytes", 0) for o in outcomes))
+        info = to_info(record, written, dict(sorted(files.items())),
+                       None if references is None else dict(sorted(references.items())))
         self.committer.write_info(work / INFO_FILE, info)
         return info
 
     def report_written(self, files: dict[str, Any], seconds: float,
-                       tally: ChecksumTally) -> None:
+                       tally: ChecksumTally, object_bytes: int = 0) -> None:
         """The original's lines for a save's files: ``model wrote:``, ``checksummed:``.
 
         ``seconds``: from the backend's first write to every file fsynced; checksums
         computed on the way are in it (and, alone, in the ``checksummed:`` line).
+        ``object_bytes``: the shared objects (``ckpt_dedup``) this save wrote (not those
+        it references without writing).
         """
-        self.log.model_wrote(sum(f["size"] for f in files.values()), seconds)
+        self.log.model_wrote(sum(f["size"] for f in files.values()) + object_bytes, seconds)
         if tally.files:
             self.log.checksummed(tally.nbytes, tally.seconds)
 
@@ -214,6 +234,8 @@ class Saver:
                 self.clean(record.epoch, record.epoch_best, background=True)
             # unlisted earlier but not removed: retried on the remover's thread too
             self.committer.purge_deletions(background=True)
+            # then the shared objects only the deleted ones referenced (or a crash left)
+            self.committer.collect_objects(background=True)
         except Exception as err:  # the checkpoint is committed: report, never undo
             self.log.warning(f"epoch {record.epoch} is committed, but what follows failed: "
                        f"{type(err).__name__}: {err}; retried after the next save")

@@ -728,9 +728,13 @@ def test_ckpt_keep_bytes_keeps_the_newest_that_fit_and_restart_is_exact(tmp_path
     model.fit(x, y, epochs=5, verbose=0, callbacks=[cb])
     epochs = tmp_path / "save" / "ckpts" / "epochs"
     kept = sorted(p.name for p in epochs.iterdir() if not p.name.startswith("."))
-    assert len(kept) <= 3 and "005" in kept and "001" not in kept
-    best = os.readlink(tmp_path / "save" / "ckpts" / "best")
-    assert best.removeprefix("epochs/") in kept
+    best = os.readlink(tmp_path / "save" / "ckpts" / "best").removeprefix("epochs/")
+    # best (whichever epoch the backend's numbers made it) and the newest that fit
+    others = [name for name in kept if name != best]
+    assert best in kept and "005" in others and 1 <= len(others) <= 2
+    assert others == [f"{e:03d}" for e in range(6 - len(others), 6)]
+    used = sum(f.stat().st_size for name in kept for f in (epochs / name).iterdir())
+    assert used <= 2.5 * one or len(others) == 1
 
     again = small_model(seed=99)
     J = candle.restart(g, again)

@@ -11,7 +11,8 @@ import candle_ckpt.cli
 
 CLI = Path(candle_ckpt.cli.__file__).parent
 # The order documented in cli/__init__.py: a module may import only those after it.
-ORDER = ["parser", "demo", "changes", "plot", "verify", "listing", "demo_trainer", "common"]
+ORDER = ["parser", "demo", "changes", "export", "plot", "verify", "listing", "demo_trainer",
+         "common"]
 
 
 def sibling_imports(module: str) -> set[str]:

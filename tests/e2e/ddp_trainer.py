@@ -80,6 +80,8 @@ def main() -> None:
     ap.add_argument("--async", dest="async_", action="store_true")
     ap.add_argument("--metric", default="mean")
     ap.add_argument("--fsdp", action="store_true", help="shard with FSDP2 instead of DDP")
+    ap.add_argument("--dedup", action="store_true",
+                    help="ckpt_dedup, with a frozen 6->4096 layer (an object) in front")
     ap.add_argument("--batch-ckpt", action="store_true",
                     help="call ckpt_batch after every step, stop on SIGUSR1")
     args = ap.parse_args()
@@ -103,6 +105,9 @@ def main() -> None:
                         generator=torch.Generator().manual_seed(5))
     torch.manual_seed(0)  # the same initial weights on every rank (DDP checks)
     net = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Dropout(0.3), nn.Linear(12, 1))
+    if args.dedup:  # a frozen layer large enough to be a shared object
+        net = nn.Sequential(nn.Linear(6, 4096), nn.ReLU(), nn.Dropout(0.3), nn.Linear(4096, 1))
+        net[0].requires_grad_(False)
     torch.manual_seed(1000 + rank)
     if args.fsdp:
         from torch.distributed.fsdp import fully_shard
@@ -112,7 +117,7 @@ def main() -> None:
         model = fully_shard(net)
     else:
         model = DDP(net)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
 
     params = {
@@ -121,6 +126,7 @@ def main() -> None:
         "ckpt_checksum": True,
         "ckpt_keep_mode": "all",
         "ckpt_async": args.async_,
+        "ckpt_dedup": args.dedup,
         "ckpt_distributed_metric": args.metric,
         "ckpt_signals": "SIGUSR1" if args.batch_ckpt else "none",
     }

@@ -68,3 +68,19 @@ def test_the_cached_dcp_stager_survives_being_closed_between_saves(monkeypatch):
     second = stager.stage(state)
     assert torch.equal(second["w"], state["w"])
     assert second["w"].untyped_storage().data_ptr() == first["w"].untyped_storage().data_ptr()
+
+
+DEDUP_BENCH = BENCH.with_name("bench_dedup.py")
+
+
+def test_the_dedup_benchmark_prints_every_ratio(tmp_path):
+    (tmp_path / "b").mkdir()
+    out = subprocess.run(
+        [sys.executable, str(DEDUP_BENCH), "--params", "2e6", "--epochs", "3",
+         "--full-epochs", "2", "--repeats", "1", "--dir", str(tmp_path / "b")],
+        capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for line in ("disk used / (one full + 2 x changing) = ", "sync save time dedup / plain = ",
+                 "save time dedup / plain = ", "restart time dedup / plain = "):
+        assert line in out.stdout, out.stdout
+    assert list((tmp_path / "b").iterdir()) == []  # it cleans up after itself

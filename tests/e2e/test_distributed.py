@@ -311,3 +311,24 @@ def test_sharded_restart_with_another_world_size_reshards_and_says_rng_is_not_re
     assert_identical(expected["optimizer"], got["optimizer"])
     log = (ckpt_dir / "ckpt.log").read_text()
     assert "saved by 2 rank(s), this run has 1: the sharded state was resharded" in log
+
+
+# ------------------------------------------------------------------------------ ckpt_dedup
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_dedup_the_writer_stores_the_frozen_layer_once_and_a_killed_run_resumes_exactly(
+        tmp_path: Path, mode: str) -> None:
+    args = ("--dedup", "--async") if mode == "async" else ("--dedup",)
+    reference = tmp_path / "straight-out"
+    finished(launch(tmp_path / "straight", reference, *args))
+    refs = [set(json.loads((tmp_path / "straight" / "ckpts" / "epochs" / f"{e:03d}"
+                            / "ckpt-info.json").read_text())["objects"])
+            for e in range(1, EPOCHS + 1)]
+    assert len(set.intersection(*refs)) == 1  # the frozen layer's weight, written once
+    ckpt_dir, out = tmp_path / "ckpt", tmp_path / "out"
+    killed = launch(ckpt_dir, out, *args, env={"DDP_EXIT_AFTER": str(KILL_AFTER)})
+    assert [r.returncode for r in killed] == [EXIT_CODE] * WORLD
+    resumed = launch(ckpt_dir, out, *args)
+    finished(resumed)
+    assert initial_epochs(resumed) == [KILL_AFTER] * WORLD
+    for rank in range(WORLD):
+        assert_identical(final_state(reference, rank), final_state(out, rank), f"rank {rank}")

@@ -194,3 +194,19 @@ def test_slurm_example_saves_mid_epoch_on_sigusr1_requeues_and_the_requeued_run_
     assert last(ckpt_dir) == f"epochs/{epochs:03d}"
     assert info(ckpt_dir, "last")["partial"] is False
     assert calls.read_text() == "requeue 4242\n"  # a run that finishes is not requeued
+
+
+def test_finetune_example_stores_the_backbone_once_resumes_and_exports(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    script = [sys.executable, str(EXAMPLES / "pytorch_finetune.py")]
+    ckpt_dir = tmp_path / "ckpt"
+    assert_trains_then_resumes(script, ckpt_dir, {"model.pt", "ckpt-info.json"})
+    objects = [set(info(ckpt_dir, f"epochs/{e:03d}")["objects"]) for e in (1, 2, 3)]
+    shared = set.intersection(*objects)
+    assert len(shared) == 2  # the backbone's two weight matrices, stored once
+    # the head and Adam's two moments of it change every epoch
+    assert all(len(a - b) == 3 for a, b in zip(objects, objects[1:], strict=False))
+    out = tmp_path / "final.pt"
+    run([*script, "--epochs", "3", "--ckpt_directory", str(ckpt_dir), "--export", str(out)])
+    state = torch.load(out, weights_only=True)
+    assert state["epoch"] == 3 and "object_refs" not in state

@@ -57,3 +57,19 @@ def test_random_kills_of_a_keras_run_never_lose_or_corrupt(tmp_path: Path) -> No
     outcome = run("keras", 4, seed=13, workdir=tmp_path)
     assert outcome.bad == []
     assert outcome.restarts_ok == outcome.kills
+
+
+@pytest.mark.parametrize("async_", [False, True], ids=["sync", "async"])
+def test_random_kills_of_a_dedup_files_run_never_lose_or_corrupt(tmp_path: Path,
+                                                                 async_: bool) -> None:
+    outcome = run("files", 8, seed=17, workdir=tmp_path, async_=async_, checksum=True,
+                  dedup=True)
+    assert outcome.bad == []
+    assert outcome.restarts_ok == outcome.kills
+
+
+def test_random_kills_of_a_dedup_torch_run_never_lose_or_corrupt(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    outcome = run("torch", 6, seed=19, workdir=tmp_path, checksum=True, dedup=True)
+    assert outcome.bad == []
+    assert outcome.restarts_ok == outcome.kills

@@ -71,7 +71,7 @@ def check_restart(lines: list[str], async_: bool) -> str | None:
 
 def run(framework: str, kills: int, seed: int, workdir: Path, *, async_: bool = False,
         checksum: bool = False, size: int = 0, max_delay: float = 0.0,
-        epochs: int = 40) -> Outcome:
+        epochs: int = 40, dedup: bool = False) -> Outcome:
     """SIGKILL ``kills`` runs of harness_trainer.py at random instants; check every restart."""
     rng = random.Random(seed)
     size = size or {"files": 256, "torch": 512, "keras": 512}[framework]
@@ -87,6 +87,8 @@ def run(framework: str, kills: int, seed: int, workdir: Path, *, async_: bool = 
             cmd.append("--async")
         if checksum:
             cmd.append("--checksum")
+        if dedup:
+            cmd.append("--dedup")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         ready = proc.stdout.readline().strip() == "ready"
@@ -124,7 +126,8 @@ def run(framework: str, kills: int, seed: int, workdir: Path, *, async_: bool = 
     proc = subprocess.run(
         [sys.executable, str(TRAINER), "--framework", framework, "--dir", str(ckpt_dir),
          "--log", str(log), "--epochs", "0", "--size", str(size)]
-        + (["--async"] if async_ else []) + (["--checksum"] if checksum else []),
+        + (["--async"] if async_ else []) + (["--checksum"] if checksum else [])
+        + (["--dedup"] if dedup else []),
         capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         outcome.bad.append(f"final restart failed: {proc.stderr[-2000:]}")
@@ -144,12 +147,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--async", dest="async_", action="store_true")
     ap.add_argument("--checksum", action="store_true")
+    ap.add_argument("--dedup", action="store_true", help="ckpt_dedup (shared objects)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="candle-ckpt-kill-"))
     try:
         outcome = run(args.framework, args.kills, args.seed, workdir, async_=args.async_,
-                      checksum=args.checksum)
+                      checksum=args.checksum, dedup=args.dedup)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=512, help="files: MiB/64; others: width")
     ap.add_argument("--async", dest="async_", action="store_true")
     ap.add_argument("--checksum", action="store_true")
+    ap.add_argument("--dedup", action="store_true", help="ckpt_dedup (shared objects)")
     ap.add_argument("--hold", action="store_true",
                     help="after 'ready', wait for a line on stdin before training")
     args = ap.parse_args(argv)
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "ckpt_keep_limit": 3,
         "ckpt_checksum": args.checksum,
         "ckpt_async": args.async_,
+        "ckpt_dedup": args.dedup,
     }
     trainer: Any
     if args.framework == "files":

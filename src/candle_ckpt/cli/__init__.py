@@ -1,6 +1,7 @@
 """candle-ckpt: see and steer checkpoint directories without writing Python.
 
-Subcommands: ``list``, ``show``, ``verify``, ``rollback``, ``prune``, ``plot``, ``demo``.
+Subcommands: ``list``, ``show``, ``verify``, ``rollback``, ``prune``, ``export``, ``plot``,
+``demo``.
 Each reads both layouts (ours, ``<dir>/ckpts/{epochs,last,best}``, and the original
 CANDLE's, ``<dir>/{epochs,last,best}``). Commands that change the tree (``rollback``,
 ``prune``) take the writer lock, so they cannot race a training run in the same
@@ -16,6 +17,7 @@ Modules, each importing only modules below it in this list (so there is no cycle
     parser        build_parser(), main(): dispatch, exit status, the error line
     demo          demo: the parent that spawns, kills and compares the runs
     changes       rollback, prune            (take the writer lock)
+    export        export                     (the framework, imported when run)
     plot          plot                       (matplotlib, imported when run)
     verify        verify; check_epoch()/is_valid() shared with rollback and prune
     listing       list, show                 (read-only)

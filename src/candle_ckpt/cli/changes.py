@@ -8,8 +8,10 @@ to run beside a training instead of racing it, and record what they did in
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..policy import epochs_over_budget, epochs_to_keep, protected_epochs, restart_order
+from ..storage import objects
 from ..storage.commit import Committer
 from ..storage.layout import Layout
 from ..storage.lock import acquire_lock, release_lock
@@ -58,6 +60,30 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------ prune
+def _prune_objects(layout: Layout, doomed: list[int], dry_run: bool
+                   ) -> tuple[int, int] | None:
+    """The shared objects (``ckpt_dedup``) freed by pruning ``doomed``: (count, bytes);
+    None when the tree has no object store. Removes them unless ``dry_run``."""
+    if not os.path.isdir(layout.base / objects.OBJECTS_DIR):
+        return None
+    if dry_run:
+        refs = objects.references_by_checkpoint(layout)
+        if isinstance(refs, str):
+            print(f"shared objects: {printable(refs)}; none would be removed")
+            return 0, 0
+        keys = {layout.epoch_dir(e).name for e in doomed}
+        names = objects.unshared(refs, keys)
+        stored = objects.sizes(layout)
+        return len(names), sum(stored.get(n, 0) for n in names)
+    count, nbytes, why = objects.collect(layout)
+    if why is not None:
+        print(f"shared objects not removed: {printable(why)}")
+    else:
+        append_log(layout, f"prune: removed {count} shared object(s) no checkpoint "
+                           f"references ({nbytes} bytes)")
+    return count, nbytes
+
+
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -148,6 +174,12 @@ def prune(layout: Layout, keep: int | None, mode: str, dry_run: bool,
         freed += size
         removed += 1
         print(f"{verb} {printable(layout.epoch_dir(epoch))}  ({human_size(size)})")
+    shared = _prune_objects(layout, doomed, dry_run)
+    if shared is not None:
+        count, nbytes = shared
+        freed += nbytes
+        print(f"{verb} {count} shared object(s) no remaining checkpoint references "
+              f"({human_size(nbytes)})")
     what = "would free" if dry_run else "freed"
     print(f"{verb} {removed} checkpoint(s), {what} {human_size(freed)} ({freed:,} bytes)")
     if damaged:

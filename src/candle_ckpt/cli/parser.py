@@ -18,6 +18,7 @@ from .common import (
     CliError,
 )
 from .demo import cmd_demo
+from .export import cmd_export
 from .listing import cmd_list, cmd_show
 from .plot import cmd_plot
 from .verify import cmd_verify
@@ -112,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep policy, as ckpt_keep_mode (default: linear)")
     p.add_argument("--dry-run", action="store_true", help="print what would be removed")
     p.set_defaults(func=cmd_prune)
+
+    p = command("export", "write a checkpoint as one plain file (torch.load / load_weights)",
+                "Write the checkpoint of EPOCH as one file the framework loads without "
+                "candle-ckpt: torch checkpoints with torch.save (read it with "
+                "torch.load(OUT, weights_only=True)), Keras ones as a .weights.h5 (read it "
+                "with model.load_weights(OUT)). Shared objects (ckpt_dedup) are read into "
+                "it. The checkpoint is verified first, checksums included; OUT must not "
+                "exist.")
+    p.add_argument("directory", metavar="DIR", help=_DIR_HELP)
+    p.add_argument("epoch", metavar="EPOCH", help="an epoch number, 'last' or 'best'")
+    p.add_argument("output", metavar="OUT", help="the file to write (Keras: *.weights.h5)")
+    p.set_defaults(func=cmd_export)
 
     p = command("plot", "the best metric per saved epoch, best marked (PNG)",
                 "Plot the best metric of every saved epoch, the best marked with a star and "

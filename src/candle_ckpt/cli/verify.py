@@ -53,6 +53,12 @@ def check_epoch(layout: Layout, epoch: int) -> tuple[list[str], str]:
         summed = bool(files) and has_checksums(info)
         algorithm = printable(info.get("checksum_algorithm") or DEFAULT_ALGORITHM)
         how = f"sizes and {algorithm} checksums" if summed else "sizes only (no checksums recorded)"
+        shared = info.get("objects")
+        if isinstance(shared, dict) and shared:
+            size = sum(as_size(e.get("size")) or 0 for e in shared.values()
+                       if isinstance(e, dict))
+            how += (f"; {len(shared)} shared object(s), {human_size(size)}, each checked "
+                    f"against its name ({printable(info.get('objects_algorithm'))})")
         return problems, f"{len(files)} file(s), {human_size(nbytes)}; {how}"
     model_file = printable(info.get("model_file"))
     checksum = info.get("checksum")

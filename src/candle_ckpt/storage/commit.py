@@ -19,7 +19,7 @@ from ..errors import (
     CheckpointDeleteError,
     CheckpointWriteError,
 )
-from . import remover
+from . import objects, remover
 from .fsio import fsync_dir, step, write_json_durable
 from .layout import (
     _ASIDE_PREFIX,
@@ -110,6 +110,35 @@ class Committer:
             except OSError as err:
                 failed.append(delete_error(err, what, path))
         return failed
+
+    def collect_objects(self, background: bool = False) -> None:
+        """Delete the shared objects (``ckpt_dedup``) no checkpoint references any more.
+
+        After the keep policy's deletions (on :attr:`remover`'s thread with
+        ``background``, after them). Never raises: what fails is logged (and, in the
+        background, reported by ``remover.wait()``); the next collection retries.
+        """
+        store = self.layout.base / objects.OBJECTS_DIR
+        if not is_real_dir(store):
+            return
+
+        def run() -> None:
+            count, freed, why = objects.collect(self.layout)
+            if why is not None:
+                self.log(f"shared objects not collected: {why}")
+            elif count:
+                self.log(f"removed {count} shared object(s) no checkpoint references "
+                         f"({freed / 1e6:.3f} MB)")
+
+        if background:
+            self.remover.submit(store, "removing unreferenced shared objects failed", run)
+            return
+        self.remover.wait()
+        try:
+            run()
+        except OSError as err:
+            self.log(f"removing unreferenced shared objects failed: {printable(err)}; "
+                     "retried after the next save")
 
     def new_work(self) -> Path:
         work = self.layout.work

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import xxhash
 
 from ..errors import UnsafeFileError
+from . import objects
 from .layout import INFO_FILE, read_info_file
 from .safeio import describe_mode, display_path, open_regular, printable
 
@@ -291,6 +292,14 @@ def _verify(directory: Path, info: dict[str, Any], check_checksums: bool,
                 problems.append(f"{printable(value)}: {field} not listed in files")
             elif not isinstance(value, str) and field != "model_file":
                 problems.append(f"{field} {printable(value, 200)!r} is not a file name")
+        if "objects" in info:  # ckpt_dedup: the shared objects it references
+            algorithm = info.get("objects_algorithm")
+            if algorithm != objects.ALGORITHM:
+                problems.append(f"objects_algorithm {printable(algorithm, 200)!r} is not "
+                                f"{objects.ALGORITHM!r}")
+            else:
+                problems.extend(objects.check_objects(directory, info["objects"],
+                                                      check_checksums))
         return problems
     # Legacy (original CANDLE) checkpoint.
     model_file = info.get("model_file", "model.h5")

@@ -7,6 +7,7 @@ import shutil
 import stat
 import threading
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import (
@@ -43,18 +44,22 @@ class Remover:
         """A fresh state; also in a forked child, which removes nothing of its parent's
         (and whose copy of the lock may have been held by the parent's thread)."""
         self._lock = threading.Lock()
-        self._todo: list[tuple[Path, str]] = []
+        self._todo: list[tuple[Path, str, Callable[[], None] | None]] = []
         self._queued: set[Path] = set()  # in _todo, or being removed now
         self._failed: list[CheckpointDeleteError] = []
         self._thread: threading.Thread | None = None
 
-    def submit(self, path: Path, what: str) -> None:
-        """Remove ``path`` (a file or a tree, links not followed), unless it is queued."""
+    def submit(self, path: Path, what: str, task: Callable[[], None] | None = None) -> None:
+        """Remove ``path`` (a file or a tree, links not followed), unless it is queued.
+
+        ``task``: run it instead (what it frees lies under ``path``, e.g. the collection
+        of unreferenced objects); it runs after everything submitted before it.
+        """
         with self._lock:
             if path in self._queued:
                 return
             self._queued.add(path)
-            self._todo.append((path, what))
+            self._todo.append((path, what, task))
             if self._thread is None:
                 # Not a daemon: at interpreter exit the space is freed, not left to recover().
                 thread = threading.Thread(target=self._run, name="candle-ckpt-remove")
@@ -67,11 +72,14 @@ class Remover:
                 if not self._todo:
                     self._thread = None
                     return
-                path, what = self._todo.pop(0)
+                path, what, task = self._todo.pop(0)
             failure: CheckpointDeleteError | None = None
             try:
-                rmtree(path)
-                step("epoch-deleted")
+                if task is not None:
+                    task()
+                else:
+                    rmtree(path)
+                    step("epoch-deleted")
             except FileNotFoundError:
                 pass  # gone already (removed by hand, or by a retry)
             except OSError as err:

@@ -7,7 +7,7 @@ import io
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -21,6 +21,7 @@ from .integrity import ChecksumTally, checksum_fd, new_hasher, safe_member
 from .layout import (
     INFO_FILE,
 )
+from .objects import Array, ObjectStore
 from .safeio import create_exclusive, display_path, open_regular, printable
 
 _OVERLAP_BYTES = 4 << 20  # writes this large are hashed while the kernel takes them
@@ -139,12 +140,31 @@ class FileSink:
     """
 
     def __init__(self, directory: Path, algorithm: str | None,
-                 tally: ChecksumTally | None = None) -> None:
+                 tally: ChecksumTally | None = None, objects: ObjectStore | None = None
+                 ) -> None:
         self.directory = directory
         self.algorithm = algorithm
         self.tally = tally
         self.files: dict[str, dict[str, Any]] = {}
         self._by_path: list[str] = []
+        self.objects = objects  # ckpt_dedup: where put_objects stores arrays
+        self.references: dict[str, dict[str, Any]] = {}  # the objects this checkpoint names
+
+    def put_objects(self, arrays: Sequence[Array]) -> list[str]:
+        """Store ``arrays`` as shared objects (``ckpt_dedup``); their names, in order.
+
+        Only what the store does not hold yet is written; every object is durable when
+        this returns, and is listed in the checkpoint's ``ckpt-info.json``.
+
+        Raises:
+            RuntimeError: the sink has no object store (``objects`` is None).
+        """
+        if self.objects is None:
+            raise RuntimeError("put_objects: this checkpoint is written without ckpt_dedup")
+        stored = self.objects.put(arrays)
+        for name, size in stored:
+            self.references[name] = {"size": size}
+        return [name for name, _ in stored]
 
     def _claim(self, name: str) -> Path:
         # Flat names only: restart accepts nothing else (no '/', '\\', '..', NUL), and a

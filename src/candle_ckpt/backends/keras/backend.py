@@ -33,6 +33,7 @@ from ...errors import (
 )
 from ...logs import CkptLog
 from ..base import UNKNOWN_PROGRESS, CaptureBuffers, Progress, Restored, Written, member_name
+from . import objects as keras_objects
 from . import rng_file
 from .data import DATA_ORDER_FILE, DataOrder, ResumableData
 from .deferred import PendingRestores
@@ -127,7 +128,12 @@ class KerasBackend:
         return KerasSnapshot(None, data, rng, has_optimizer, opt_type, data_order)
 
     def write(self, snapshot: KerasSnapshot, sink: FileSink) -> Written:
-        if snapshot.weights is not None:
+        model_file = MODEL_FILE
+        if sink.objects is not None and snapshot.weights is not None:
+            # ckpt_dedup: large variables as shared objects, named in an index
+            keras_objects.write_index(snapshot.weights, sink)
+            model_file = keras_objects.INDEX_FILE
+        elif snapshot.weights is not None:
             # By path, then re-read once for the checksum: building the HDF5 image in
             # memory and streaming it through sink.open measured ~40% slower (h5py's
             # writes into a BytesIO plus the copy out cost more than the re-read).
@@ -143,7 +149,7 @@ class KerasBackend:
             with sink.open(DATA_ORDER_FILE) as f:
                 f.write(snapshot.data_order.to_json())
             data_info["data_order_file"] = DATA_ORDER_FILE
-        return Written(MODEL_FILE, {
+        return Written(model_file, {
             "weights_only": bool(self.weights_only),
             "optimizer_state": snapshot.has_optimizer,
             "optimizer_type": snapshot.optimizer_type,
@@ -176,7 +182,10 @@ class KerasBackend:
             notes.append(f"{directory}: no RNG state (original CANDLE checkpoint); seed "
                          "generators keep their current state")
         data_order = self._check_data_order(Path(directory), info, notes)
-        if model_file.endswith(".weights.h5"):
+        if model_file == keras_objects.INDEX_FILE:
+            apply_weights = self._plan_native(model, path, info, notes,
+                                              keras_objects.read_index(directory, info))
+        elif model_file.endswith(".weights.h5"):
             apply_weights = self._plan_native(model, path, info, notes)
         elif model_file.endswith((".h5", ".hdf5")):
             apply_weights = self._plan_legacy_h5(model, path)
@@ -241,8 +250,9 @@ class KerasBackend:
         return order
 
     def _plan_native(self, model: Any, path: Path, info: dict[str, Any],
-                     notes: list[str]) -> Any:
-        """Read and check a ``.weights.h5`` whole; return the function that assigns it."""
+                     notes: list[str], indexed: Entries | None = None) -> Any:
+        """Read and check a ``.weights.h5`` whole (or, ``indexed``, the values a
+        ``ckpt_dedup`` index named, already read); return the function that assigns it."""
         from keras.src.saving import saving_lib
 
         optimizer = getattr(model, "optimizer", None)
@@ -256,7 +266,8 @@ class KerasBackend:
                 notes.append(f"{path.name}: weights only; the optimizer starts fresh")
         elif optimizer is None:
             # Restart before compile() (NT3 does this): keep the state for on_train_begin.
-            deferred = read_optimizer_vars(path)
+            deferred = read_optimizer_vars(path) if indexed is None else \
+                keras_objects.optimizer_vars(indexed)
             notes.append(f"{path.name}: the model is not compiled yet; its optimizer state is "
                          "applied when training begins")
         else:
@@ -268,7 +279,8 @@ class KerasBackend:
             if not optimizer.built:
                 # Keras skips an unbuilt optimizer's variables (with a mere warning).
                 optimizer.build(model.trainable_variables)
-        values = read_weights(model, path, skip)
+        values = read_weights(model, path, skip) if indexed is None else \
+            keras_objects.check_against(model, skip, indexed, path.name)
 
         def apply() -> list[str]:
             # Keras' own load walk (each layer's load_own_variables), fed from memory.

@@ -26,11 +26,13 @@ from ...logs import CkptLog
 from .. import rng as global_rng
 from ..base import UNKNOWN_PROGRESS, CaptureBuffers, Progress, Restored, Written, member_name
 from . import dcp, stream
+from . import objects as tensor_objects
 from .copies import Copies, check_loadable
 from .entries import REQUIRED, Entry, entry_kind, entry_state, load_entry, unwrap_module
 from .files import (
     FORMAT,
     FORMAT_VERSION,
+    FORMAT_VERSION_OBJECTS,
     LEGACY_MODEL_FILE,
     MODEL_FILE,
     load_rank_rng,
@@ -209,7 +211,18 @@ class TorchBackend:
                                   snapshot.payload.get("epoch_order"))
             if not coord.is_writer:
                 return Written(name, {})
-        save(snapshot.payload, sink, MODEL_FILE)
+        found: list[Any] = []
+        if sink.objects is not None:  # ckpt_dedup: large tensors as shared objects
+            skeleton, found = tensor_objects.split(snapshot.payload)
+        if found:
+            names = sink.put_objects([tensor_objects.as_array(t) for _, t in found])
+            skeleton[tensor_objects.REFS] = [[list(path), name]
+                                             for (path, _), name in zip(found, names,
+                                                                        strict=True)]
+            skeleton["format_version"] = FORMAT_VERSION_OBJECTS
+            save(skeleton, sink, MODEL_FILE)
+        else:
+            save(snapshot.payload, sink, MODEL_FILE)
         info: dict[str, Any] = {
             "torch_version": torch.__version__,
             "entries": snapshot.entries,
@@ -270,6 +283,12 @@ class TorchBackend:
         ranks = None if resharded else load_rank_rng(directory, info, self.coord)
         # Mapped, not read: only names, shapes and dtypes are checked now; apply copies.
         mapped = stream.load_mapped(directory / name, load_regular)
+        if isinstance(mapped.payload, dict) and tensor_objects.REFS in mapped.payload:
+            # ckpt_dedup: each shared object mapped into its place (checked first)
+            payload, extents = tensor_objects.resolve(directory, info, mapped.payload)
+            mapped = stream.MappedCheckpoint(payload, mapped.extent, extents)
+        elif tensor_objects.has_placeholders(mapped.payload):
+            raise ValueError(f"{name} holds tensors without data and names no objects")
         plan = plan_restore(mapped.payload, name, objects, self.entries, sharded=self.sharded)
         ranks_rng = None if ranks is None else ranks[0]
         order = self._order_of(info, name, mapped.payload, ranks)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 MODEL_FILE = "model.pt"
 FORMAT = "candle-ckpt-torch"
 FORMAT_VERSION = 1
+FORMAT_VERSION_OBJECTS = 2  # ckpt_dedup: large tensors are shared objects (objects.py)
 LEGACY_MODEL_FILE = "model.h5"  # the original CANDLE's torch file kept the Keras name
 
 

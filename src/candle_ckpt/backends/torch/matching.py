@@ -17,7 +17,7 @@ from torch import nn
 from ...errors import CheckpointMismatchError
 from .. import rng as global_rng
 from .entries import REQUIRED, Entry, unwrap_module
-from .files import FORMAT, FORMAT_VERSION
+from .files import FORMAT, FORMAT_VERSION, FORMAT_VERSION_OBJECTS
 from .stream import MappedCheckpoint
 
 
@@ -47,9 +47,10 @@ def plan_restore(payload: Any, name: str, objects: dict[str, Any], entries: list
     if not isinstance(payload, dict):
         raise ValueError(f"{name} holds a {type(payload).__name__}, not a checkpoint dict")
     ours = payload.get("format") == FORMAT
-    if ours and payload.get("format_version") != FORMAT_VERSION:
+    if ours and payload.get("format_version") not in (FORMAT_VERSION, FORMAT_VERSION_OBJECTS):
         raise ValueError(f"{name}: format_version {payload.get('format_version')!r} "
-                         f"is not supported (this candle-ckpt reads {FORMAT_VERSION})")
+                         f"is not supported (this candle-ckpt reads {FORMAT_VERSION} and "
+                         f"{FORMAT_VERSION_OBJECTS})")
     if "model_state_dict" not in payload:
         raise ValueError(f"{name} has no 'model_state_dict' (keys: {list(payload)[:8]})")
     module = unwrap_module(objects["model"])

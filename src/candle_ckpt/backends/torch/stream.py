@@ -28,6 +28,7 @@ unlinks), so the file under the mapping does not change while it is copied.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import mmap
 import os
@@ -50,6 +51,7 @@ _SMALL_BYTES = 1 << 20  # smaller tensors are cloned: no chunking, no madvise
 _ZIP_MAGIC = b"PK\x03\x04"
 _MADV_WILLNEED = 3  # Linux and the BSDs alike
 _MADV_DONTNEED = 4
+_MAX_ADDRESS = 1 << 64
 
 
 def load_mapped(path: Path, fallback: Callable[[Path], Any]) -> MappedCheckpoint:
@@ -118,31 +120,44 @@ class MappedCheckpoint:
     refers to the mapping any more.
     """
 
-    def __init__(self, payload: Any, extent: tuple[int, int] | None) -> None:
+    def __init__(self, payload: Any, extent: tuple[int, int] | None,
+                 more: list[tuple[int, int]] | None = None) -> None:
         self.payload = payload
-        self.extent = extent
-        self._madvise = _madvise() if extent is not None else None
+        # The mappings' address ranges: the file's, and (``ckpt_dedup``) each object's.
+        self.extents = sorted(([extent] if extent is not None else []) + list(more or []))
+        self._madvise = _madvise() if self.extents else None
+
+    @property
+    def extent(self) -> tuple[int, int] | None:
+        """The first mapping's address range (None: nothing mapped)."""
+        return self.extents[0] if self.extents else None
 
     # ------------------------------------------------------------------ the mapping
-    def mapped(self, tensor: torch.Tensor) -> bool:
-        """Does ``tensor`` read from the file mapping?"""
-        if self.extent is None or tensor.device.type != "cpu" or tensor.numel() == 0:
-            return False
+    def _extent_of(self, tensor: torch.Tensor) -> tuple[int, int] | None:
+        if not self.extents or tensor.device.type != "cpu" or tensor.numel() == 0:
+            return None
         address = tensor.data_ptr()
-        return self.extent[0] <= address < self.extent[1]
+        i = bisect.bisect_right(self.extents, (address, _MAX_ADDRESS)) - 1
+        if i >= 0 and self.extents[i][0] <= address < self.extents[i][1]:
+            return self.extents[i]
+        return None
+
+    def mapped(self, tensor: torch.Tensor) -> bool:
+        """Does ``tensor`` read from a file mapping?"""
+        return self._extent_of(tensor) is not None
 
     def drop(self, tensor: torch.Tensor) -> None:
         """Drop the mapped pages ``tensor`` spans from this process (a hint, never data:
         the pages are the file's, unmodified, and are read again if touched again)."""
-        if self._madvise is None or not self.mapped(tensor):
+        extent = self._extent_of(tensor)
+        if self._madvise is None or extent is None:
             return
-        assert self.extent is not None
         start, end = _span(tensor)
         page = mmap.PAGESIZE
         # Whole pages, inside the mapping: it starts at the file's first page and its
         # last page is the file's, so rounding outward from the extent stays inside.
-        low = max(start, self.extent[0]) // page * page
-        high = -(-min(end, self.extent[1]) // page) * page
+        low = max(start, extent[0]) // page * page
+        high = -(-min(end, extent[1]) // page) * page
         if high > low:
             self._madvise(low, high - low, _MADV_DONTNEED)
 
@@ -150,13 +165,13 @@ class MappedCheckpoint:
         """Ask the kernel to start reading ``tensor``'s pages of the file now (into the
         page cache, not into this process), so that a cold file is read while the
         previous chunk is copied."""
-        if self._madvise is None or not self.mapped(tensor):
+        extent = self._extent_of(tensor)
+        if self._madvise is None or extent is None:
             return
         start, end = _span(tensor)
         page = mmap.PAGESIZE
         low = start // page * page
-        self._madvise(low, max(0, min(end, self.extent[1]) - low) if self.extent else 0,
-                      _MADV_WILLNEED)
+        self._madvise(low, max(0, min(end, extent[1]) - low), _MADV_WILLNEED)
 
     def release(self) -> None:
         """Forget the payload: the mapping goes away with its last tensor."""
