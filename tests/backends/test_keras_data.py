@@ -100,15 +100,15 @@ class SignalAt(keras.callbacks.Callback):
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
-def stopped_mid_epoch(tmp_path: Path, batch: int = 2, **dataset_args: Any) -> Path:
+def stopped_mid_epoch(tmp_path: Path, batch: int = 2, **settings: Any) -> Path:
     """Train epoch 1, then stop by a real SIGUSR1 after ``batch`` + 1 batches of epoch 2;
     the mid-epoch checkpoint's directory."""
     m = model()
-    ckpt = engine(tmp_path)
+    ckpt = engine(tmp_path, **settings)
     ckpt.set_model(m)
     assert ckpt.restart(m) is None
     x, y = arrays()
-    data = ckpt.dataset(x, y, **{"batch_size": BATCH, "seed": 9, **dataset_args})
+    data = ckpt.dataset(x, y, batch_size=BATCH, seed=9)
     m.fit(data, epochs=2, callbacks=[SignalAt(1, batch), ckpt], verbose=0)
     assert ckpt.stop_requested
     last = tmp_path / "save" / "ckpts" / os.readlink(tmp_path / "save" / "ckpts" / "last")
@@ -244,6 +244,21 @@ def test_a_checkpoint_after_the_last_batch_of_an_epoch_resumes_at_the_next_epoch
     assert os.readlink(tmp_path / "save" / "ckpts" / "last") == "epochs/003"
     assert "epoch 2: resumed after its last batch; its loss is not known" in \
         (tmp_path / "save" / "ckpt.log").read_text()
+
+
+def test_shared_object_checkpoints_record_and_resume_the_data_too(tmp_path: Path) -> None:
+    last = stopped_mid_epoch(tmp_path, ckpt_dedup=True)
+    assert json.loads((last / DATA_ORDER_FILE).read_text())["batch"] == 3
+    m = model()
+    ckpt = engine(tmp_path, ckpt_dedup=True)
+    ckpt.set_model(m)
+    J = ckpt.restart(m)
+    assert J is not None and (J["epoch"], J["batch"]) == (1, 3)
+    x, y = arrays()
+    count = SignalAt(-1, -1)
+    m.fit(ckpt.dataset(x, y, batch_size=BATCH, seed=9), epochs=2, initial_epoch=J["epoch"],
+          callbacks=[count, ckpt], verbose=0)
+    assert count.trained == 8 - 3
 
 
 def test_the_older_api_resumes_mid_epoch_through_the_model(tmp_path: Path) -> None:
