@@ -91,6 +91,31 @@ def test_keras_example_checkpoints_and_a_second_run_resumes(tmp_path: Path) -> N
                                environ(KERAS_BACKEND="tensorflow"))
 
 
+def test_keras_preemption_example_stops_mid_epoch_and_the_next_run_continues_there(
+        tmp_path: Path) -> None:
+    pytest.importorskip("keras")
+    ckpt_dir = tmp_path / "ckpt"
+    script = [sys.executable, str(EXAMPLES / "keras_preempt.py"), "--epochs", "2",
+              "--ckpt_directory", str(ckpt_dir)]
+    env = environ(KERAS_BACKEND="tensorflow")
+    proc = subprocess.Popen(script, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:  # Keras prints "Epoch 2/2" as epoch 2 begins
+        lines.append(line)
+        if line.startswith("Epoch 2/"):
+            proc.send_signal(signal.SIGUSR1)
+    assert proc.wait(timeout=180) == 0, "".join(lines)
+    assert last(ckpt_dir).startswith("epochs/001+"), "".join(lines)
+    done = int(last(ckpt_dir).split("+")[1])
+
+    second = run(script, env)
+    assert f"resuming epoch 2 at batch {done + 1} of 1250" in second.stdout
+    assert "ran out of data" not in second.stdout
+    assert last(ckpt_dir) == "epochs/002"
+
+
 def test_ddp_example_under_torchrun_checkpoints_once_and_both_ranks_resume(
         tmp_path: Path) -> None:
     pytest.importorskip("torch")

@@ -9,6 +9,8 @@
 ``legacy``       the original CANDLE's ``model.h5``, read and checked likewise
 ``h5``           HDF5 files read without trusting them
 ``rng_file``     ``rng-state.json``: seed generators and the global RNG states
+``data``         ``CandleCkptKeras.dataset()``: training data ordered by (seed, epoch)
+                 that a restart continues at the next batch; ``data-order.json``
 ``deferred``     what a restart leaves to apply when training begins (why it is
                  kept per model is said there)
 ===============  ==================================================================
@@ -22,6 +24,7 @@ from .api import (
     restart_json,
 )
 from .backend import MODEL_FILE, KerasBackend, KerasSnapshot
+from .data import DATA_ORDER_FILE, ResumableData
 from .rng_file import RNG_FILE
 
 __all__ = [
@@ -33,5 +36,7 @@ __all__ = [
     "restart",
     "restart_json",
     "MODEL_FILE",
+    "DATA_ORDER_FILE",
+    "ResumableData",
     "RNG_FILE",
 ]

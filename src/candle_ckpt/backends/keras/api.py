@@ -10,6 +10,7 @@ import keras
 from ...engine import CandleCkpt, read_info_json
 from ...errors import CkptParamError, MetricNotFoundError
 from .backend import KerasBackend, KerasSnapshot
+from .data import DATA_ORDER_FILE, EndOfDataWarning, PhantomStep, ResumableData, make_dataset
 from .deferred import PENDING
 
 
@@ -32,6 +33,9 @@ class CandleCkptKeras(keras.callbacks.Callback, CandleCkpt):
     Stop-signal handlers (``ckpt_signals``) are installed when the callback is attached
     to the model (``set_model``, which ``fit()`` calls too), as for torch, and removed at
     ``on_train_end()`` or ``close()``.
+
+    Training data made by :meth:`dataset` is resumed exactly after a mid-epoch
+    checkpoint: ``fit`` continues the interrupted epoch at the next batch.
     """
 
     backend_name = "keras"
@@ -41,6 +45,10 @@ class CandleCkptKeras(keras.callbacks.Callback, CandleCkpt):
                  verbose: bool = True) -> None:
         keras.callbacks.Callback.__init__(self)  # Keras 3: `model` is a read-only property
         CandleCkpt.__init__(self, gParameters, logger, verbose)
+        self._epoch_in_progress = 0
+        self._batches_skipped = 0  # of the epoch in progress (a resumed one), by the data
+        self._quiet_end = EndOfDataWarning()
+        self._phantom = PhantomStep()
 
     def _new_backend(self) -> KerasBackend:
         # The spec's module-level restart() and the callback share what it left pending.
@@ -103,24 +111,109 @@ class CandleCkptKeras(keras.callbacks.Callback, CandleCkpt):
                 )
         return CandleCkpt.restart(self, model, verbose)
 
+    # --------------------------------------------------------------- training data
+    def dataset(self, x: Any, y: Any = None, batch_size: int | None = None,
+                shuffle: bool = True, seed: int | None = None,
+                sample_weight: Any = None) -> ResumableData:
+        """Training data for ``fit`` that a restart continues at the next batch.
+
+        Pass the result to ``fit`` as ``x`` (without ``y``, ``batch_size``, ``shuffle`` or
+        ``sample_weight``), with this callback in ``callbacks``. Each epoch's order is a
+        function of ``seed`` and the epoch alone; after a restart from a mid-epoch
+        checkpoint, the interrupted epoch yields only the batches it had not trained,
+        without reading the others. Call it before or after ``restart``. One per callback:
+        the data made last is the one the callback drives and checkpoints (validation
+        data needs none of this).
+
+        Args:
+            x: NumPy arrays (or a dict, list or tuple of them), a finite
+                ``keras.utils.PyDataset``, or a finite ``tf.data.Dataset`` of batches.
+            y, sample_weight: arrays beside array ``x`` (in the batches otherwise).
+            batch_size: for arrays (default 32).
+            shuffle: a fresh order every epoch: of the samples (arrays) or of the batches
+                (a PyDataset); a ``tf.data.Dataset`` is read in its own order (False).
+            seed: the order's seed; None draws one from the OS, and a restart takes the
+                checkpoint's, so the interrupted run's order goes on.
+
+        Raises:
+            CkptParamError: an argument that is not accepted (named, with what is).
+            CheckpointMismatchError: a restart already loaded a mid-epoch checkpoint whose
+                data (size, batches, batch size, shuffle, seed) differs from this.
+        """
+        data = make_dataset(x, y, batch_size, shuffle, seed, sample_weight)
+        order = self.backend.pending.data_order(self.backend.model)
+        if order is not None:
+            for note in data.check_resume(order, DATA_ORDER_FILE):
+                self._log.warning(note)
+            data.resume_from(order)
+        self.backend.data = data
+        return data
+
     # --------------------------------------------------------------- Keras hooks
     def on_train_begin(self, logs: Any = None) -> None:
+        data, model = self.backend.data, self.backend.model
+        order = self.backend.pending.data_order(model)
+        if order is not None and data is not None and data.resumed_from is not order:
+            for note in data.check_resume(order, DATA_ORDER_FILE):  # before anything changes
+                self._log.warning(note)
         self.backend.begin_training()
         self._epoch_in_progress = 0
+        self._batches_skipped = 0
+        if order is None or order.batch == 0:
+            return
+        if data is not None:
+            data.resume_from(order)
+            self._log.info(f"resuming epoch {order.epoch + 1} at batch {order.batch + 1} of "
+                           f"{order.shape.batches} (its first {order.batch} were trained "
+                           "before the checkpoint)")
+        else:
+            self._log.info(f"the checkpoint was taken {order.batch} batches into epoch "
+                           f"{order.epoch + 1}; fit() reads data not made by "
+                           "CandleCkptKeras.dataset(), so that epoch is trained from its "
+                           "first batch")
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
         self._epoch_in_progress = int(epoch)
+        data = self.backend.data
+        self._batches_skipped = data.begin_epoch(epoch) if data is not None else 0
+        if self._batches_skipped:
+            # Keras counts this epoch's steps from 0 and ends it when the data runs out.
+            self._quiet_end.on()
+
+    def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+        data = self.backend.data
+        if self._batches_skipped and data is not None \
+                and batch + self._batches_skipped == data.num_batches:
+            # The resumed epoch's batches are done; Keras tries one step more.
+            self._phantom.before(self.model)
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         """A stop signal or a time-based save is due: save mid-epoch (and stop)."""
-        if self.ckpt_batch(getattr(self, "_epoch_in_progress", 0), batch):
+        if self.ckpt_batch(self._epoch_in_progress, batch + self._batches_skipped):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
         """Checkpoint the (0-based) epoch just completed, per the policies."""
+        self._quiet_end.off()
+        resumed, self._batches_skipped = self._batches_skipped, 0
+        if resumed:
+            undone = self._phantom.undo()
+            if undone:
+                self._log.debug(f"epoch {epoch + 1}: put back {undone} counter/RNG "
+                                "variable(s) advanced by Keras' step after the last batch")
+            if self.save_best_metric not in (logs or {}):
+                # Every batch of it was trained before the checkpoint: its metrics went
+                # with the interrupted process.
+                self._log.info(f"epoch {epoch + 1}: resumed after its last batch; its "
+                               f"{self.save_best_metric} is not known")
+                self.ckpt_epoch(epoch, self.direction.sign, None)
+                return
         self.ckpt_epoch(epoch, self.direction.sign, self._metric_value(logs))
 
     def on_train_end(self, logs: Any = None) -> None:
+        self._quiet_end.off()
+        if self.backend.data is not None:
+            self.backend.data.end_training()
         CandleCkpt.on_train_end(self, logs)
 
     def _metric_value(self, logs: Any) -> Any:

@@ -5,7 +5,9 @@ A checkpoint is two files:
 - ``model.weights.h5``: every variable Keras' own ``save_weights`` walks (layers, then the
   optimizer unless ``ckpt_save_weights_only``), in exactly Keras' layout, so plain
   ``model.load_weights()`` reads it (``stores.py``);
-- ``rng-state.json``: the seed-generator and global RNG states (``rng_file.py``).
+- ``rng-state.json``: the seed-generator and global RNG states (``rng_file.py``);
+- ``data-order.json``, when training reads data made by ``CandleCkptKeras.dataset``: its
+  shape and the position in it, for an exact mid-epoch resume (``data.py``).
 
 Loading never deserializes a model (no ``load_model``): it reads weights into the user's
 model, so nothing in a file can run code; every value is read and checked before any is
@@ -33,6 +35,7 @@ from ...logs import CkptLog
 from ..base import UNKNOWN_PROGRESS, CaptureBuffers, Progress, Restored, Written, member_name
 from . import objects as keras_objects
 from . import rng_file
+from .data import DATA_ORDER_FILE, DataOrder, ResumableData
 from .deferred import PendingRestores
 from .legacy import read_legacy_weights
 from .reading import read_optimizer_vars, read_weights
@@ -55,6 +58,7 @@ class KerasSnapshot:
     rng: dict[str, Any] = field(default_factory=dict)
     has_optimizer: bool = False
     optimizer_type: str | None = None
+    data_order: DataOrder | None = None
 
 
 class KerasBackend:
@@ -69,6 +73,7 @@ class KerasBackend:
         self.weights_only = weights_only
         self.pending = pending
         self.model: Any = None
+        self.data: ResumableData | None = None  # the training data, when dataset() made it
         # The arrays of the last capture: the next one copies into them (the engine
         # captures only when no save is in flight), so memory stays at one extra copy.
         self.buffers = CaptureBuffers()
@@ -86,8 +91,8 @@ class KerasBackend:
     def capture(self, live: bool, progress: Progress = UNKNOWN_PROGRESS) -> KerasSnapshot:
         """The weights (copies, or with ``live`` views where the backend allows) and RNGs.
 
-        ``progress`` is not recorded: a Keras checkpoint's files hold no epoch (its
-        ckpt-info.json does).
+        ``progress`` goes into ``data-order.json`` with the training data's shape, when
+        that data was made by ``dataset()`` (the weights files hold no epoch).
         """
         model = self.require_model()
         if not model.built:
@@ -102,12 +107,15 @@ class KerasBackend:
         rng = rng_file.capture(model)
         has_optimizer = optimizer is not None and not skip
         opt_type = type(optimizer).__name__ if has_optimizer else None
+        data_order = None
+        if self.data is not None and progress.epoch is not None:
+            data_order = self.data.record(progress.epoch, progress.batch or 0)
         try:
             entries = capture_weights(model, skip, self.buffers.previous(live=False),
                                       share=live)
             if not live:  # never keep views of live variables as buffers to copy into
                 self.buffers.keep(False, entries)
-            return KerasSnapshot(entries, None, rng, has_optimizer, opt_type)
+            return KerasSnapshot(entries, None, rng, has_optimizer, opt_type, data_order)
         except (ImportError, AttributeError, TypeError, ValueError) as err:
             # Keras' internal saving walk changed: fall back to save_weights into memory.
             self.log.debug(f"recording store unavailable ({err}); using save_weights")
@@ -117,7 +125,7 @@ class KerasBackend:
             path = Path(tmp) / MODEL_FILE
             saving_lib.save_weights_only(model, str(path), objects_to_skip=skip or None)
             data = path.read_bytes()
-        return KerasSnapshot(None, data, rng, has_optimizer, opt_type)
+        return KerasSnapshot(None, data, rng, has_optimizer, opt_type, data_order)
 
     def write(self, snapshot: KerasSnapshot, sink: FileSink) -> Written:
         model_file = MODEL_FILE
@@ -136,6 +144,11 @@ class KerasBackend:
                 f.write(snapshot.weights_file_bytes)
         with sink.open(RNG_FILE) as f:
             f.write(json.dumps(snapshot.rng, allow_nan=False).encode("utf-8"))
+        data_info: dict[str, Any] = {}
+        if snapshot.data_order is not None:
+            with sink.open(DATA_ORDER_FILE) as f:
+                f.write(snapshot.data_order.to_json())
+            data_info["data_order_file"] = DATA_ORDER_FILE
         return Written(model_file, {
             "weights_only": bool(self.weights_only),
             "optimizer_state": snapshot.has_optimizer,
@@ -144,6 +157,7 @@ class KerasBackend:
             "keras_backend": keras.backend.backend(),
             "rng_file": RNG_FILE,
             "rng_streams": rng_file.streams(snapshot.rng),
+            **data_info,
         })
 
     # --------------------------------------------------------------- restoring
@@ -167,6 +181,7 @@ class KerasBackend:
         else:
             notes.append(f"{directory}: no RNG state (original CANDLE checkpoint); seed "
                          "generators keep their current state")
+        data_order = self._check_data_order(Path(directory), info, notes)
         if model_file == keras_objects.INDEX_FILE:
             apply_weights = self._plan_native(model, path, info, notes,
                                               keras_objects.read_index(directory, info))
@@ -189,6 +204,12 @@ class KerasBackend:
                 problems = apply_weights()
                 if rng is not None:
                     problems += self._apply_rng(model, rng)
+                if data_order is not None:
+                    # Kept for the callback that trains (it may not exist yet) and given
+                    # to the data now if there is any (checked above).
+                    self.pending.of(model).data_order = data_order
+                    if self.data is not None:
+                        self.data.resume_from(data_order)
             except Exception as err:
                 raise CheckpointRestoreError(
                     f"{path}: copying the checked values into the model failed part-way "
@@ -198,6 +219,35 @@ class KerasBackend:
             return problems
 
         return Restored(apply, notes)
+
+    def _check_data_order(self, directory: Path, info: dict[str, Any],
+                          notes: list[str]) -> DataOrder | None:
+        """Read and check ``data-order.json``, if the checkpoint has one.
+
+        Raises:
+            CheckpointCorruptError: unreadable, or its position is not the checkpoint's.
+            CheckpointMismatchError: the live training data does not fit a mid-epoch one.
+        """
+        batch = info.get("batch", 0)
+        if "data_order_file" not in info:
+            if self.data is not None and isinstance(batch, int) and batch > 0:
+                notes.append(f"{directory}: no {DATA_ORDER_FILE} (the run that wrote it did "
+                             "not read its data through dataset()): the interrupted epoch is "
+                             "trained from its first batch")
+            return None
+        path = directory / member_name(info, "data_order_file", DATA_ORDER_FILE)
+        try:
+            raw = path.read_bytes()
+        except OSError as err:
+            raise CheckpointCorruptError(f"{path}: cannot be read ({err})") from None
+        order = DataOrder.from_json(raw, str(path))
+        if (order.epoch, order.batch) != (info.get("epoch"), batch):
+            raise CheckpointCorruptError(
+                f"{path}: records epoch {order.epoch} + {order.batch} batches, its "
+                f"checkpoint is epoch {info.get('epoch')!r} + {batch!r} batches")
+        if self.data is not None:
+            notes.extend(self.data.check_resume(order, str(path)))
+        return order
 
     def _plan_native(self, model: Any, path: Path, info: dict[str, Any],
                      notes: list[str], indexed: Entries | None = None) -> Any:

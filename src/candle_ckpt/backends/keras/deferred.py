@@ -24,6 +24,7 @@ import numpy as np
 
 from ...errors import CheckpointMismatchError
 from ...logs import CkptLog
+from .data import DataOrder
 from .rng_file import RngFile, apply_global
 
 
@@ -36,6 +37,7 @@ class Pending:
     optimizer_type: str | None = None
     source: str = ""
     legacy: bool = False  # an original CANDLE model.h5: a misfit starts the optimizer fresh
+    data_order: DataOrder | None = None  # where the training data resumes (data.py)
 
 
 class PendingRestores:
@@ -47,6 +49,11 @@ class PendingRestores:
     def of(self, model: Any) -> Pending:
         """The model's pending state, to add to (created empty)."""
         return self._by_model.setdefault(model, Pending())
+
+    def data_order(self, model: Any) -> DataOrder | None:
+        """The position in the training data a restart left for the model, if any."""
+        pending = self._by_model.get(model) if model is not None else None
+        return pending.data_order if pending is not None else None
 
     def apply(self, model: Any, log: CkptLog) -> None:
         """Training begins: apply the optimizer state (validated), then the global RNGs.
